@@ -1,0 +1,1 @@
+"""nbhelpers: interpret text-to-image diffusion models (see README.md)."""

@@ -1,0 +1,281 @@
+"""Train the bundled toy text-to-image pipeline (Stable Diffusion's layout) on the toy world.
+
+    python -m nbhelpers.toyworld.train --out data/models/toy --minutes 60
+
+Stage 1 trains the VAE (reconstruction + a small KL term) and fixes its ``scaling_factor`` so that
+latents have unit variance. Stage 2 trains the UNet and the CLIP text encoder jointly with the
+epsilon-prediction loss (min-SNR-5 weighting) on precomputed latents, with captions redrawn every
+step: optional words are dropped at random (so prompts with a word deleted are in distribution) and
+10 % of captions are empty (classifier-free guidance and the unconditional denoiser). Both stages
+checkpoint to ``<out>.ckpt/`` and resume after an interruption. The result is saved with
+``StableDiffusionPipeline.save_pretrained`` (safetensors) and loads offline with ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import world
+from .tokenizer import build_tokenizer
+
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16, sample_size=world.IMAGE_SIZE,
+)
+UNET_CONFIG = dict(
+    sample_size=world.IMAGE_SIZE // 2, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(48, 96), layers_per_block=1, cross_attention_dim=64,
+    attention_head_dim=4, norm_num_groups=16,
+)
+TEXT_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                   max_position_embeddings=24, projection_dim=64)
+# Stable Diffusion's noise schedule
+SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                prediction_type="epsilon")
+
+
+def make_dataset(n: int, seed: int) -> tuple[list[world.Scene], torch.Tensor]:
+    """``n`` training scenes and their images as uint8 (n, 3, 32, 32)."""
+    scenes = world.sample_scenes(n, seed=seed, split="train")
+    images = np.stack([s.render() for s in tqdm(scenes, desc="render", mininterval=5)])
+    return scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
+    return images_uint8.float() / 127.5 - 1.0
+
+
+class Checkpointer:
+    """Saves and restores training state under one folder (weights as safetensors)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self, name: str, modules: dict, step: int, extra: dict | None = None):
+        from safetensors.torch import save_file
+
+        for key, mod in modules.items():
+            sd = mod.state_dict()
+            if isinstance(mod, torch.optim.Optimizer):
+                torch.save(sd, self.folder / f"{name}.{key}.pt")
+            else:
+                save_file({k: v.contiguous() for k, v in sd.items()}, self.folder / f"{name}.{key}.safetensors")
+        (self.folder / f"{name}.json").write_text(json.dumps({"step": step, **(extra or {})}))
+
+    def load(self, name: str, modules: dict) -> dict | None:
+        from safetensors.torch import load_file
+
+        meta = self.folder / f"{name}.json"
+        if not meta.exists():
+            return None
+        for key, mod in modules.items():
+            if isinstance(mod, torch.optim.Optimizer):
+                mod.load_state_dict(torch.load(self.folder / f"{name}.{key}.pt", weights_only=True))
+            else:
+                mod.load_state_dict(load_file(self.folder / f"{name}.{key}.safetensors"))
+        return json.loads(meta.read_text())
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_vae(images: torch.Tensor, ckpt: Checkpointer, steps: int, batch: int, seed: int, log: dict):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    state = ckpt.load("vae", {"model": vae, "opt": opt}) or {"step": 0}
+    if state.get("done"):
+        return vae
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    bar = tqdm(range(state["step"], steps), desc="VAE", initial=state["step"], total=steps, mininterval=10)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, 1e-3, warmup=50)
+        idx = torch.randint(0, len(images), (batch,), generator=gen)
+        x = to_unit(images[idx])
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=gen)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 200 == 0:
+            ckpt.save("vae", {"model": vae, "opt": opt}, step + 1)
+    log["vae_seconds"] = log.get("vae_seconds", 0) + time.time() - t0
+    ckpt.save("vae", {"model": vae, "opt": opt}, steps, {"done": True})
+    return vae
+
+
+@torch.no_grad()
+def encode_all(vae, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Posterior means (unscaled) of all images, (n, 4, 16, 16)."""
+    out = []
+    for i in tqdm(range(0, len(images), batch), desc="encode", mininterval=10):
+        out.append(vae.encode(to_unit(images[i : i + batch])).latent_dist.mean)
+    return torch.cat(out)
+
+
+def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: float, batch: int, seed: int,
+                   log: dict, max_steps: int | None = None):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import EMAModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                        **TEXT_CONFIG))
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    ema_unet = EMAModel(unet.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
+    ema_text = EMAModel(text.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
+    sched = DDPMScheduler(**SCHEDULE)
+    acp = sched.alphas_cumprod
+    snr = acp / (1 - acp)
+    weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
+
+    class _EMAWrap(torch.nn.Module):  # so that the checkpointer can treat EMA like a module
+        def __init__(self, ema):
+            super().__init__()
+            self.ema = ema
+
+        def state_dict(self, *a, **k):
+            return {f"p{i}": p for i, p in enumerate(self.ema.shadow_params)}
+
+        def load_state_dict(self, sd, *a, **k):
+            for i, p in enumerate(self.ema.shadow_params):
+                p.data.copy_(sd[f"p{i}"])
+
+    ema_u, ema_t = _EMAWrap(ema_unet), _EMAWrap(ema_text)
+    mods = {"unet": unet, "text": text, "opt": opt, "ema_unet": ema_u, "ema_text": ema_t}
+    state = ckpt.load("denoiser", mods) or {"step": 0, "total": None, "seconds": 0.0}
+    ema_unet.optimization_step = ema_text.optimization_step = state["step"]
+    rng = np.random.default_rng(seed + state["step"])
+    gen = torch.Generator().manual_seed(seed + state["step"])
+    step, total = state["step"], state["total"]
+    seconds = state["seconds"]
+    losses = []
+    bar = None
+    while total is None or step < total:
+        t_start = time.time()
+        idx = rng.integers(0, len(scenes), batch)
+        captions = []
+        for i in idx:
+            sc = scenes[i]
+            captions.append("" if rng.random() < 0.1 else sc.caption(world.random_drop(rng, sc)))
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        x0 = latents[torch.from_numpy(idx)]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        zt = sched.add_noise(x0, noise, t)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, total or 10**6, 1e-3)
+        cond = text(ids).last_hidden_state
+        pred = unet(zt, t, cond).sample
+        loss = (weight[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_unet.step(unet.parameters())
+        ema_text.step(text.parameters())
+        step += 1
+        seconds += time.time() - t_start
+        losses.append(loss.item())
+        if total is None and step == 20:  # fix the number of steps from the measured speed
+            total = max(200, int(minutes * 60 / (seconds / step)))
+            if max_steps:
+                total = min(total, max_steps)
+            bar = tqdm(total=total, initial=step, desc="UNet+text", mininterval=10)
+        if bar is not None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % 250 == 0 or step == total:
+            ckpt.save("denoiser", mods, step, {"total": total, "seconds": seconds})
+            log.setdefault("loss_curve", []).append([step, float(np.mean(losses[-250:]))])
+    log["denoiser_steps"] = step
+    log["denoiser_seconds"] = seconds
+    ema_unet.copy_to(unet.parameters())
+    ema_text.copy_to(text.parameters())
+    return unet, text, sched
+
+
+def save_pipeline(out: Path, vae, unet, text, tokenizer):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    scheduler = DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return pipe
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="data/models/toy")
+    ap.add_argument("--n-images", type=int, default=60000)
+    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget of the UNet stage")
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    ckpt = Checkpointer(Path(str(out) + ".ckpt"))
+    log_path = ckpt.folder / "log.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    t0 = time.time()
+    scenes, images = make_dataset(a.n_images, a.seed)
+    tokenizer = build_tokenizer(TEXT_CONFIG["max_position_embeddings"])
+    vae = train_vae(images, ckpt, a.vae_steps, 64, a.seed, log)
+    vae.eval()
+    latents = encode_all(vae, images)
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    log["scaling_factor"] = scaling
+    log_path.write_text(json.dumps(log, indent=1))
+    unet, text, _ = train_denoiser(scenes, latents * scaling, tokenizer, ckpt, a.minutes, a.batch, a.seed + 1,
+                                   log, a.max_steps)
+    save_pipeline(out, vae, unet, text, tokenizer)
+    log.update(n_images=a.n_images, batch=a.batch, vae_steps=a.vae_steps, threads=a.threads,
+               wall_seconds_this_run=time.time() - t0,
+               parameters={"vae": sum(p.numel() for p in vae.parameters()),
+                           "unet": sum(p.numel() for p in unet.parameters()),
+                           "text_encoder": sum(p.numel() for p in text.parameters())})
+    log_path.write_text(json.dumps(log, indent=1))
+    (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    print(json.dumps({k: v for k, v in log.items() if k != "loss_curve"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
