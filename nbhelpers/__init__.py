@@ -1,1 +1,16 @@
-"""nbhelpers: interpret text-to-image diffusion models (see README.md)."""
+"""nbhelpers: interpret text-to-image diffusion models in notebooks.
+
+Start with ``load_model("toy")`` (the bundled offline model) and see README.md.
+"""
+from .errors import (DeviceUnavailableError, EmptyPromptError, ImageFormatError, ModelNotFoundError, NbhelpersError,
+                     NonFiniteError, PromptError, PromptTooLongError, UnsupportedModelError, WordNotInPromptError)
+from .model import Denoiser, DiffusionModel, Generation, TrajectoryStep, load_model, resolve_device
+from .text import TokenizedPrompt, Word, remove_word, tokenize
+
+__version__ = "0.1.0"
+__all__ = [
+    "load_model", "DiffusionModel", "Denoiser", "Generation", "TrajectoryStep", "resolve_device",
+    "tokenize", "remove_word", "TokenizedPrompt", "Word",
+    "NbhelpersError", "ModelNotFoundError", "UnsupportedModelError", "DeviceUnavailableError", "PromptError",
+    "PromptTooLongError", "EmptyPromptError", "WordNotInPromptError", "ImageFormatError", "NonFiniteError",
+]

@@ -1,0 +1,448 @@
+"""``DiffusionModel``: one adapter over a diffusers Stable-Diffusion-layout pipeline.
+
+The estimators only need the small :class:`Denoiser` protocol; this class satisfies it for any
+``StableDiffusionPipeline`` (the bundled toy model, SD 1.x, SD 2.x; epsilon and v-prediction).
+
+Conventions (see DESIGN.md, "The mathematics"):
+
+- log-SNR ``α`` (``logsnr``): the channel is ``z = sqrt(σ(α))·x + sqrt(σ(-α))·ε`` with ``x`` the
+  *scaled* VAE latent, so ``σ(α) = ᾱ_t`` of the DDPM schedule.
+- ``eps(z, logsnr, cond)`` returns the epsilon prediction at any real ``α``: the UNet gets the
+  float timestep found by interpolating the scheduler's own table ``log(ᾱ_t / (1 - ᾱ_t))``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .errors import (DeviceUnavailableError, EmptyPromptError, ImageFormatError, ModelNotFoundError,
+                     NonFiniteError, UnsupportedModelError)
+from .text import TokenizedPrompt, check_prompt, remove_word, tokenize
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+TOY_MODEL_DIR = Path(os.environ.get("NBHELPERS_TOY_MODEL", PACKAGE_ROOT.parent / "data" / "models" / "toy"))
+ALIASES = {
+    "toy": str(TOY_MODEL_DIR),
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd21": "stabilityai/stable-diffusion-2-1-base",
+}
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """What every estimator needs from a model.
+
+    - ``latent_shape``: ``(C, H, W)`` of one sample ``z``;
+    - ``eps(z, logsnr, cond)``: the MMSE estimate of the noise ``ε`` in ``z = sqrt(σ(α)) x +
+      sqrt(σ(-α)) ε``, for ``z`` of shape ``(B, C, H, W)``, ``logsnr`` a float or a ``(B,)`` tensor
+      and ``cond`` a condition of batch ``B`` or 1 (what the model's ``condition(...)`` returns;
+      ``None`` for the unconditional denoiser). Returns a float32 tensor shaped like ``z``.
+
+    ``DiffusionModel`` implements it; so do the closed-form denoisers used in the science tests.
+    """
+
+    latent_shape: tuple[int, ...]
+
+    def eps(self, z: torch.Tensor, logsnr, cond: Any) -> torch.Tensor: ...
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" picks CUDA, then Apple's MPS, then the CPU; an explicit device must exist."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"device={str(device)!r} was asked for but CUDA is not available on this machine "
+            "(torch.cuda.is_available() is False); use device='auto' or device='cpu'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceUnavailableError(f"device={str(device)!r} was asked for but MPS is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _resolve_source(name_or_path: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local folder)."""
+    src = ALIASES.get(name_or_path, name_or_path)
+    p = Path(src).expanduser()
+    if p.is_dir():
+        if not (p / "model_index.json").exists():
+            raise ModelNotFoundError(f"{str(p)!r} is a folder but not a diffusers pipeline (no model_index.json); "
+                                     "point at the folder that save_pretrained wrote")
+        return str(p), True
+    if name_or_path == "toy":
+        raise ModelNotFoundError(f"the bundled toy model is missing at {src}; restore data/models/toy from git "
+                                 "or retrain it with `python -m nbhelpers.toyworld.train`")
+    if src.startswith((".", "/", "~")) or src.count("/") != 1:  # not of the form org/name
+        raise ModelNotFoundError(f"no model folder at {src!r}; give a folder written by save_pretrained, a Hugging Face "
+                                 f"id such as 'stabilityai/stable-diffusion-2-1-base', or one of {sorted(ALIASES)}")
+    return src, False
+
+
+def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dtype | str | None = None,
+               **pipeline_kwargs) -> "DiffusionModel":
+    """Load a Stable-Diffusion-layout pipeline with ``from_pretrained`` and wrap it.
+
+    ``name_or_path``: "toy" (the bundled model), "sd15", "sd21", a Hugging Face id (from the local
+    cache when offline) or a local folder. ``dtype``: default float32 on CPU, float16 on CUDA.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    dev = resolve_device(device)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
+    src, local = _resolve_source(name_or_path)
+    if local:
+        index = json.loads((Path(src) / "model_index.json").read_text())
+        if "text_encoder_2" in index:
+            raise UnsupportedModelError(f"{name_or_path!r} is an SDXL pipeline; SDXL support is planned, "
+                                        "use an SD 1.x/2.x model for now")
+    kwargs = dict(dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                  use_safetensors=True)
+    kwargs.update(pipeline_kwargs)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(src, local_files_only=local or _hf_offline(), **kwargs)
+    except (OSError, EnvironmentError, ValueError) as e:
+        if local:
+            raise
+        mode = "offline mode is on (HF_HUB_OFFLINE=1)" if _hf_offline() else "it could not be downloaded"
+        raise ModelNotFoundError(
+            f"the model {name_or_path!r} ({src}) is not in the local Hugging Face cache and {mode}. Download it "
+            f"where there is a network (`hf download {src}`), or pass the path of a local copy") from e
+    pipe.set_progress_bar_config(disable=True)
+    return DiffusionModel(pipe.to(dev), name=name_or_path, device=dev, dtype=dtype)
+
+
+@dataclass
+class TrajectoryStep:
+    """One denoising step: timestep, log-SNR, the latent it started from, the (guided) noise
+    estimate and the predicted clean latent, all scaled latents of shape (B, C, h, w) on the CPU."""
+
+    index: int
+    timestep: float
+    logsnr: float
+    latent: torch.Tensor
+    eps: torch.Tensor
+    pred_x0: torch.Tensor
+
+
+@dataclass
+class Generation:
+    """Images (uint8, (B, H, W, 3)), final latents, prompts, seeds, and the trajectory if asked for.
+    ``decode_step(i)`` decodes step i's predicted clean images lazily."""
+
+    images: np.ndarray
+    latents: torch.Tensor
+    prompts: list[str]
+    seeds: list[int]
+    params: dict
+    trajectory: list[TrajectoryStep] = field(default_factory=list)
+    _model: Any = field(default=None, repr=False)
+
+    def decode_step(self, i: int, which: str = "pred_x0") -> np.ndarray:
+        """uint8 images of step ``i``: ``which`` = "pred_x0" (predicted clean image) or "latent" (x_t)."""
+        return self._model.decode(getattr(self.trajectory[i], which))
+
+
+class DiffusionModel:
+    """Adapter over a ``StableDiffusionPipeline``; satisfies :class:`Denoiser`."""
+
+    def __init__(self, pipe, name: str = "", device: torch.device | None = None, dtype: torch.dtype | None = None):
+        self.pipe = pipe
+        self.name = name
+        self.device = device or pipe.device
+        self.dtype = dtype or pipe.unet.dtype
+        sched = pipe.scheduler
+        if not hasattr(sched, "alphas_cumprod"):
+            raise UnsupportedModelError(f"the scheduler {type(sched).__name__} has no alphas_cumprod table; "
+                                        "use a DDPM-family scheduler (DDIM, DDPM, PNDM, DPM-Solver)")
+        acp = sched.alphas_cumprod.double()
+        self._logsnr_table = torch.log(acp / (1 - acp))  # decreasing in t
+        self.prediction_type = sched.config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise UnsupportedModelError(f"prediction_type {self.prediction_type!r} is not supported; "
+                                        "epsilon and v_prediction are")
+        self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        self.image_size = int(pipe.unet.config.sample_size) * self.vae_scale
+        self.latent_shape = (int(pipe.unet.config.in_channels), int(pipe.unet.config.sample_size),
+                             int(pipe.unet.config.sample_size))
+        self.scaling_factor = float(pipe.vae.config.scaling_factor)
+        self.max_tokens = int(pipe.tokenizer.model_max_length)
+        self._null = None
+
+    def __repr__(self) -> str:
+        return (f"DiffusionModel({self.name!r}, device={self.device}, dtype={self.dtype}, image {self.image_size}px, "
+                f"latent {self.latent_shape}, {self.prediction_type})")
+
+    # -- noise levels ---------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer
+
+    @property
+    def logsnr_range(self) -> tuple[float, float]:
+        """(lowest, highest) log-SNR the model was trained on (nats)."""
+        return float(self._logsnr_table[-1]), float(self._logsnr_table[0])
+
+    def logsnr_of(self, timestep) -> torch.Tensor:
+        """log-SNR of (possibly fractional) training timesteps, by linear interpolation."""
+        t = torch.as_tensor(timestep, dtype=torch.float64)
+        n = len(self._logsnr_table)
+        t = t.clamp(0, n - 1)
+        lo = t.floor().long().clamp(max=n - 2)
+        frac = t - lo
+        return (1 - frac) * self._logsnr_table[lo] + frac * self._logsnr_table[lo + 1]
+
+    def timestep_of(self, logsnr) -> torch.Tensor:
+        """Fractional training timestep with the given log-SNR (interpolated in the scheduler's own
+        table; values outside the trained range are clamped to its ends)."""
+        a = torch.as_tensor(logsnr, dtype=torch.float64)
+        table = self._logsnr_table.flip(0)  # increasing
+        ts = torch.arange(len(table) - 1, -1, -1, dtype=torch.float64)
+        a = a.clamp(float(table[0]), float(table[-1]))
+        idx = torch.searchsorted(table, a.reshape(-1)).clamp(1, len(table) - 1)
+        x0, x1 = table[idx - 1], table[idx]
+        w = (a.reshape(-1) - x0) / (x1 - x0)
+        t = ts[idx - 1] + w * (ts[idx] - ts[idx - 1])
+        return t.reshape(a.shape)
+
+    # -- text ------------------------------------------------------------------------------------
+    def tokenize(self, prompt: str) -> TokenizedPrompt:
+        """Tokens and word spans of ``prompt`` (raises if it is too long)."""
+        return tokenize(self.tokenizer, prompt, self.max_tokens)
+
+    def remove_word(self, prompt: str, word: str, policy: str = "delete", replacement: str = "_",
+                    occurrence: int | None = None) -> str:
+        """``prompt`` without ``word`` by ``policy`` ("delete" or "replace"); see ``nbhelpers.text``."""
+        return remove_word(prompt, word, policy, replacement, occurrence, tokenizer=self.tokenizer)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: str | list[str]) -> torch.Tensor:
+        """Text-encoder hidden states (B, L, D) for prompts (the empty prompt is the null condition).
+        Raises :class:`PromptTooLongError` instead of truncating silently."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        for p in prompts:
+            self.tokenize(p)  # validates type and length
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
+        return self.pipe.text_encoder(ids)[0].to(self.dtype)
+
+    def condition(self, prompts: str | list[str] | None) -> torch.Tensor:
+        """The ``cond`` that :meth:`eps` takes: ``None`` or "" gives the unconditional (null) one."""
+        if prompts is None:
+            return self.null_condition()
+        return self.encode_text(prompts)
+
+    def null_condition(self) -> torch.Tensor:
+        """Hidden states of the empty prompt, (1, L, D), cached."""
+        if self._null is None:
+            self._null = self.encode_text("")
+        return self._null
+
+    # -- the denoiser ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def eps(self, z: torch.Tensor, logsnr, cond: torch.Tensor | None = None, max_batch: int | None = None) -> torch.Tensor:
+        """Epsilon prediction (float32, shaped like ``z``) at log-SNR ``logsnr`` (float or (B,)).
+
+        ``cond``: hidden states of batch B or 1 (from :meth:`condition`), None for unconditional.
+        ``max_batch`` splits large batches into several UNet calls."""
+        if z.ndim != 4 or tuple(z.shape[1:]) != self.latent_shape:
+            raise ImageFormatError(f"z must have shape (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
+        b = z.shape[0]
+        a = torch.as_tensor(logsnr, dtype=torch.float64).reshape(-1)
+        if a.numel() == 1:
+            a = a.expand(b)
+        if a.numel() != b:
+            raise ValueError(f"logsnr has {a.numel()} values for a batch of {b}")
+        cond = self.null_condition() if cond is None else cond
+        if cond.shape[0] == 1 and b > 1:
+            cond = cond.expand(b, *cond.shape[1:])
+        if cond.shape[0] != b:
+            raise ValueError(f"cond has batch {cond.shape[0]} but z has batch {b}; give one condition or one per sample")
+        t = self.timestep_of(a)
+        alpha2 = torch.sigmoid(a)  # ᾱ at this log-SNR
+        outs = []
+        step = max_batch or b
+        for i in range(0, b, step):
+            zi = z[i : i + step].to(self.device, self.dtype)
+            ti = t[i : i + step].to(self.device, torch.float32)
+            ci = cond[i : i + step].to(self.device, self.dtype)
+            with self._autocast():
+                out = self.pipe.unet(zi, ti, encoder_hidden_states=ci).sample.float()
+            if self.prediction_type == "v_prediction":
+                ab = alpha2[i : i + step].to(self.device, torch.float32).view(-1, 1, 1, 1)
+                out = ab.sqrt() * out + (1 - ab).sqrt() * zi.float()
+            outs.append(out)
+        eps = torch.cat(outs)
+        if not torch.isfinite(eps).all():
+            raise NonFiniteError(
+                f"the UNet returned NaN/inf in {self.dtype} (log-SNR {float(a.min()):.2f}..{float(a.max()):.2f}); "
+                "reload with dtype=torch.float32 or torch.bfloat16")
+        return eps.to(z.device)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16):
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def pred_x0(self, z: torch.Tensor, logsnr, eps: torch.Tensor) -> torch.Tensor:
+        """Predicted clean latent from ``z`` and its noise estimate: (z - sqrt(σ(-α)) ε) / sqrt(σ(α))."""
+        a = torch.as_tensor(logsnr, dtype=torch.float32, device=z.device).reshape(-1, 1, 1, 1)
+        return (z - torch.sigmoid(-a).sqrt() * eps) / torch.sigmoid(a).sqrt()
+
+    # -- images --------------------------------------------------------------------------------------
+    def _image_tensor(self, image) -> torch.Tensor:
+        """(B, 3, H, W) float in [-1, 1] from a PIL image, uint8/float array or tensor, or a list."""
+        from PIL import Image
+
+        if isinstance(image, (list, tuple)):
+            return torch.cat([self._image_tensor(im) for im in image])
+        if isinstance(image, Image.Image):
+            if image.mode != "RGB":
+                raise ImageFormatError(f"the image has mode {image.mode!r}; convert it with image.convert('RGB')")
+            image = np.asarray(image)
+        if isinstance(image, np.ndarray):
+            arr = image
+            if arr.ndim == 3:
+                arr = arr[None]
+            if arr.ndim != 4 or arr.shape[-1] != 3:
+                raise ImageFormatError(f"expected an RGB array (H, W, 3) or (B, H, W, 3), got shape {image.shape}; "
+                                       "convert grey or RGBA images to RGB first")
+            if arr.dtype == np.uint8:
+                x = torch.from_numpy(arr.astype(np.float32) / 127.5 - 1)
+            elif arr.dtype.kind == "f" and arr.min() >= 0 and arr.max() <= 1:
+                x = torch.from_numpy(arr.astype(np.float32) * 2 - 1)
+            else:
+                raise ImageFormatError(f"a {arr.dtype} image must be uint8 (0..255) or float in 0..1; "
+                                       f"got values {arr.min()}..{arr.max()}")
+            x = x.permute(0, 3, 1, 2)
+        elif isinstance(image, torch.Tensor):
+            x = image if image.ndim == 4 else image[None]
+            if x.shape[1] != 3:
+                raise ImageFormatError(f"a tensor image must be (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
+        else:
+            raise ImageFormatError(f"cannot read an image from {type(image).__name__}; give a PIL image, a numpy "
+                                   "array (H, W, 3) or a tensor (B, 3, H, W)")
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ImageFormatError(
+                f"the image is {x.shape[-1]}x{x.shape[-2]} pixels but this model works at {self.image_size}x"
+                f"{self.image_size}; resize it first, e.g. image.resize(({self.image_size}, {self.image_size}))")
+        return x
+
+    @torch.no_grad()
+    def encode_image(self, image) -> torch.Tensor:
+        """Scaled VAE latents (posterior mean × scaling factor), float32 (B, C, h, w)."""
+        x = self._image_tensor(image).to(self.device, self.pipe.vae.dtype)
+        return (self.pipe.vae.encode(x).latent_dist.mean * self.scaling_factor).float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """uint8 images (B, H, W, 3) from scaled latents."""
+        x = self.pipe.vae.decode(latents.to(self.device, self.pipe.vae.dtype) / self.scaling_factor).sample
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1).cpu().numpy()
+
+    # -- generation ----------------------------------------------------------------------------------
+    def initial_noise(self, seeds: list[int]) -> torch.Tensor:
+        """Standard normal starting latents, one per seed (CPU generators: same seed, same noise)."""
+        return torch.stack([torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(int(s)))
+                            for s in seeds])
+
+    def generate(self, prompt: str | list[str] | None, seed: int | list[int] = 0, steps: int = 25,
+                 guidance: float = 3.0, trajectory: bool = False, latents: torch.Tensor | None = None,
+                 negative_prompt: str | list[str] | None = None) -> Generation:
+        """Generate with the pipeline's own ``__call__``.
+
+        ``prompt``: a caption, a list of captions, or None for unconditional samples. ``seed``: one
+        per prompt or a single one (seeds ``seed, seed+1, ...``). ``trajectory=True`` records every
+        step's latent, noise estimate and predicted clean latent (via ``callback_on_step_end`` and
+        the scheduler's step). Returns a :class:`Generation`."""
+        if prompt is None:
+            prompts = [""]
+        else:
+            prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
+            for p in prompts:
+                check_prompt(p)
+                if not p.strip():
+                    raise EmptyPromptError("the prompt is empty; pass prompt=None for unconditional samples, or a "
+                                           "caption such as 'a red circle on the left'")
+                self.tokenize(p)
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            if len(prompts) == 1:
+                prompts = prompts * len(seeds)
+            else:
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt or one in all")
+        z = self.initial_noise(seeds) if latents is None else latents
+        recorder = _TrajectoryRecorder(self) if trajectory else None
+        with (recorder or contextlib.nullcontext()):
+            out = self.pipe(prompt=prompts, negative_prompt=negative_prompt, num_inference_steps=steps,
+                            guidance_scale=guidance, latents=z.to(self.device, self.dtype), output_type="latent",
+                            height=self.image_size, width=self.image_size,
+                            callback_on_step_end=recorder.on_step_end if recorder else None)
+        final = out.images.float()
+        if not torch.isfinite(final).all():
+            raise NonFiniteError(f"generation produced NaN/inf in {self.dtype}; reload with dtype=torch.float32 "
+                                 "or torch.bfloat16")
+        gen = Generation(self.decode(final), final.cpu(), prompts, seeds,
+                         dict(steps=steps, guidance=guidance, scheduler=type(self.pipe.scheduler).__name__),
+                         recorder.steps if recorder else [], self)
+        return gen
+
+
+class _TrajectoryRecorder:
+    """Records each denoising step during ``pipe.__call__``: wraps ``scheduler.step`` for the
+    (guided) model output and restores it on exit, also on error."""
+
+    def __init__(self, model: DiffusionModel):
+        self.model = model
+        self.steps: list[TrajectoryStep] = []
+        self._pending = None
+
+    def __enter__(self):
+        sched = self.model.pipe.scheduler
+        if getattr(sched, "init_noise_sigma", 1.0) != 1.0:
+            raise UnsupportedModelError(f"trajectory recording needs a variance-preserving scheduler; "
+                                        f"{type(sched).__name__} is not one. Use DDIM or DPM-Solver.")
+        self._orig = sched.step
+        self._had_own = "step" in vars(sched)
+
+        def step(model_output, timestep, sample, *args, **kwargs):
+            self._pending = (float(timestep), sample.detach().float().cpu(), model_output.detach().float().cpu())
+            return self._orig(model_output, timestep, sample, *args, **kwargs)
+
+        sched.step = step
+        return self
+
+    def __exit__(self, *exc):
+        sched = self.model.pipe.scheduler
+        if self._had_own:
+            sched.step = self._orig
+        else:
+            del sched.step
+        return False
+
+    def on_step_end(self, pipe, i, t, callback_kwargs):
+        timestep, sample, out = self._pending
+        m = self.model
+        a = float(m.logsnr_of(timestep))
+        if m.prediction_type == "v_prediction":
+            ab = torch.sigmoid(torch.tensor(a))
+            out = ab.sqrt() * out + (1 - ab).sqrt() * sample
+        self.steps.append(TrajectoryStep(i, timestep, a, sample, out, m.pred_x0(sample, a, out)))
+        return callback_kwargs

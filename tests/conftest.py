@@ -1,0 +1,56 @@
+"""Test setup: offline Hugging Face, no network beyond loopback, fixtures for models."""
+import os
+import socket
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+_LOOPBACK = ("127.", "::1", "localhost")
+_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = str(address[0])
+        if not host.startswith(_LOOPBACK):
+            raise RuntimeError(f"test tried to reach the network ({address}); tests must run offline")
+    return _connect(self, address)
+
+
+socket.socket.connect = _guarded_connect
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    from nbhelpers import load_model
+
+    return load_model("toy", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    from nbhelpers.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "eps")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_folder):
+    from nbhelpers import load_model
+
+    return load_model(str(tiny_folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_v_model(tmp_path_factory):
+    from nbhelpers import load_model
+    from nbhelpers.testing import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "v", prediction_type="v_prediction", seed=1)
+    return load_model(str(folder), device="cpu")
