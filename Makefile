@@ -1,0 +1,31 @@
+# The two commands (README): `make report` sets up and runs every notebook into reports/;
+# `make test` sets up and runs the tests. Both create .venv and install everything themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first and alone, from a range that admits the local CPU build, so that pip
+# never pulls a multi-GB CUDA build as a dependency of something else. Override for a GPU build.
+TORCH_SPEC ?= torch>=2.4,<2.14
+
+.PHONY: setup report test clean train-toy
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+report: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m nbhelpers.report --out reports
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+train-toy: setup
+	$(BIN)/python -m nbhelpers.toyworld.train --out data/models/toy
+
+clean:
+	rm -rf reports .pytest_cache

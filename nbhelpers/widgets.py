@@ -1,0 +1,62 @@
+"""Widgets for notebooks. Headless (papermill, ``NBHELPERS_HEADLESS=1``) each widget draws its
+default state as an ordinary figure instead, so reports show it."""
+from __future__ import annotations
+
+import os
+
+import matplotlib.pyplot as plt
+
+
+def is_headless() -> bool:
+    return os.environ.get("NBHELPERS_HEADLESS", "0") == "1"
+
+
+def _show(draw, controls: dict, defaults: dict):
+    """Interactive controls around ``draw(**values)``; headless, one call with the defaults."""
+    if is_headless():
+        draw(**defaults)
+        plt.show()
+        return None
+    import ipywidgets as w
+    from IPython.display import display
+
+    def _draw(**kw):
+        draw(**kw)
+        plt.show()
+
+    out = w.interactive_output(_draw, controls)
+    box = w.VBox([w.HBox(list(controls.values())), out])
+    display(box)
+    return box
+
+
+def prompt_explorer(model, prompt: str = "a big red circle on the left", seed: int = 0, steps: int = 25,
+                    guidance: float = 3.0):
+    """Type a prompt, pick a seed and a guidance scale, and see the generated image with what the
+    toy world's checker reads in it."""
+    import ipywidgets as w
+
+    from .toyworld.checker import read_image
+
+    def draw(prompt, seed, guidance):
+        fig, ax = plt.subplots(figsize=(3, 3.3))
+        try:
+            img = model.generate(prompt, seed=seed, steps=steps, guidance=guidance).images[0]
+        except ValueError as e:  # bad prompt: show the message instead of a traceback
+            ax.text(0.5, 0.5, str(e), wrap=True, ha="center", va="center", fontsize=8)
+            ax.axis("off")
+            return
+        ax.imshow(img, interpolation="nearest")
+        ax.axis("off")
+        reads = read_image(img)
+        seen = "; ".join(f"{r.size} {r.colour} {r.shape} ({r.position})" for r in reads) or "nothing"
+        ax.set_title(f"{prompt}\nchecker sees: {seen}", fontsize=8)
+
+    controls = {
+        "prompt": w.Text(value=prompt, description="prompt", continuous_update=False,
+                         layout=w.Layout(width="420px")),
+        "seed": w.IntSlider(value=seed, min=0, max=99, description="seed", continuous_update=False),
+        "guidance": w.FloatSlider(value=guidance, min=1.0, max=8.0, step=0.5, description="guidance",
+                                  continuous_update=False),
+    }
+    return _show(draw, controls, dict(prompt=prompt, seed=seed, guidance=guidance))
