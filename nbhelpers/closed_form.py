@@ -1,0 +1,121 @@
+"""Denoisers with exact answers, satisfying the ``Denoiser`` protocol (for science tests and lessons).
+
+- :class:`GaussianDenoiser`: x ~ N(0, Σ) in d dimensions observed through y = B x + noise (noise
+  covariance R). Its exact ε-MMSE is Σ_i σ(α + log λ_i) over the eigenvalues λ_i of the prior or
+  posterior covariance, so ``I(x; y) = ½ log det Σ / det Σ_post`` and, on a truncated α range, the
+  exact truncated value is known (:meth:`GaussianDenoiser.truncated_mi`).
+- :class:`DiscreteDenoiser`: x takes K values (points in R^d); a condition *is* a log-probability
+  vector over those points. The exact denoiser is a softmax-weighted average of the support, and the
+  pointwise information is exactly ``log p(x|c_strong) - log p(x|c_weak)``.
+
+Latents are shaped ``(B, d, 1, 1)`` so that the estimators treat them like images of one pixel.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _softplus(x: float) -> float:
+    return float(F.softplus(torch.tensor(x, dtype=torch.float64)))
+
+
+class GaussianDenoiser:
+    """Exact MMSE denoiser for jointly Gaussian (x, y), x ∈ R^d, y = B x + N(0, R).
+
+    A condition is a tensor (b, 1 + k): column 0 is 1 when y (columns 1..k) is observed, 0 for the
+    unconditional denoiser (the rest is then ignored)."""
+
+    def __init__(self, prior_cov: torch.Tensor, B: torch.Tensor, noise_cov: torch.Tensor):
+        self.S = prior_cov.double()
+        self.B = B.double()
+        self.R = noise_cov.double()
+        self.d = self.S.shape[0]
+        self.k = self.B.shape[0]
+        Rinv = torch.linalg.inv(self.R)
+        self.S_post = torch.linalg.inv(torch.linalg.inv(self.S) + self.B.T @ Rinv @ self.B)
+        self.gain = self.S_post @ self.B.T @ Rinv  # E[x|y] = gain @ y
+        self.latent_shape = (self.d, 1, 1)
+        self._eig = {0: torch.linalg.eigh(self.S), 1: torch.linalg.eigh(self.S_post)}
+
+    # exact values ------------------------------------------------------------------------------------
+    def mi(self) -> float:
+        """I(x; y) in nats: ½ log det Σ / det Σ_post."""
+        return 0.5 * float(torch.logdet(self.S) - torch.logdet(self.S_post))
+
+    def truncated_mi(self, lo: float, hi: float) -> float:
+        """½ ∫_lo^hi (mmse(α) - mmse(α|y)) dα exactly, with mmse(α) = Σ σ(α + log λ_i)."""
+        def integral(eigvals):
+            return sum(_softplus(hi + math.log(l)) - _softplus(lo + math.log(l)) for l in eigvals.tolist())
+
+        return 0.5 * (integral(self._eig[0][0]) - integral(self._eig[1][0]))
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n draws of (x as latents (n, d, 1, 1), condition (n, 1 + k) with y observed)."""
+        L = torch.linalg.cholesky(self.S)
+        x = torch.randn(n, self.d, generator=generator, dtype=torch.float64) @ L.T
+        Lr = torch.linalg.cholesky(self.R)
+        y = x @ self.B.T + torch.randn(n, self.k, generator=generator, dtype=torch.float64) @ Lr.T
+        cond = torch.cat([torch.ones(n, 1, dtype=torch.float64), y], 1)
+        return x.view(n, self.d, 1, 1).float(), cond
+
+    def unconditional(self, n: int = 1) -> torch.Tensor:
+        return torch.zeros(n, 1 + self.k, dtype=torch.float64)
+
+    # the denoiser ------------------------------------------------------------------------------------
+    def eps(self, z: torch.Tensor, logsnr, cond) -> torch.Tensor:
+        b = z.shape[0]
+        zf = z.reshape(b, self.d).double()
+        a = torch.as_tensor(logsnr, dtype=torch.float64).reshape(-1).expand(b)
+        if cond is None:
+            cond = self.unconditional(b)
+        cond = cond.double()
+        observed = cond[:, 0] > 0.5
+        mean = torch.where(observed[:, None], cond[:, 1:] @ self.gain.T, torch.zeros(b, self.d, dtype=torch.float64))
+        sa, sb2 = torch.sigmoid(a).sqrt(), torch.sigmoid(-a)
+        x_hat = torch.empty_like(zf)
+        for flag in (0, 1):
+            rows = observed == bool(flag)
+            if not rows.any():
+                continue
+            lam, U = self._eig[flag]
+            r = zf[rows] - sa[rows, None] * mean[rows]
+            coef = (sa[rows, None] * lam[None]) / (sa[rows, None] ** 2 * lam[None] + sb2[rows, None])
+            x_hat[rows] = mean[rows] + ((r @ U) * coef) @ U.T
+        eps = (zf - sa[:, None] * x_hat) / sb2.sqrt()[:, None]
+        return eps.float().view_as(z)
+
+
+class DiscreteDenoiser:
+    """Exact MMSE denoiser for x uniform-or-not over K support points in R^d.
+
+    A condition is a tensor (b, K) of log-probabilities log p(x = point_k | condition)."""
+
+    def __init__(self, support: torch.Tensor):
+        self.support = support.double()  # (K, d)
+        self.K, self.d = self.support.shape
+        self.latent_shape = (self.d, 1, 1)
+
+    @staticmethod
+    def log_probs(p) -> torch.Tensor:
+        """(1, K) log-probabilities from probabilities (zeros allowed)."""
+        p = torch.as_tensor(p, dtype=torch.float64).reshape(1, -1)
+        return torch.log(p / p.sum())
+
+    def latents(self, k) -> torch.Tensor:
+        """Support point(s) k as latents (n, d, 1, 1)."""
+        idx = torch.as_tensor(k).reshape(-1)
+        return self.support[idx].float().view(-1, self.d, 1, 1)
+
+    def eps(self, z: torch.Tensor, logsnr, cond) -> torch.Tensor:
+        b = z.shape[0]
+        zf = z.reshape(b, self.d).double()
+        a = torch.as_tensor(logsnr, dtype=torch.float64).reshape(-1).expand(b)
+        sa, sb2 = torch.sigmoid(a).sqrt(), torch.sigmoid(-a)
+        logp = cond.double().expand(b, self.K) if cond.shape[0] == 1 else cond.double()
+        d2 = ((zf[:, None, :] - sa[:, None, None] * self.support[None]) ** 2).sum(-1)  # (b, K)
+        w = torch.softmax(logp - d2 / (2 * sb2[:, None]), dim=1)
+        x_hat = w @ self.support
+        return ((zf - sa[:, None] * x_hat) / sb2.sqrt()[:, None]).float().view_as(z)
