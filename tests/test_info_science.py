@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nbhelpers.closed_form import DiscreteDenoiser, GaussianDenoiser
-from nbhelpers.info import InfoResult, LogSNRSampler, information_terms
+from nbhelpers.immse import InfoResult, LogSNRSampler, information_terms
 
 
 @pytest.fixture(scope="module")
