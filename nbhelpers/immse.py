@@ -163,13 +163,15 @@ def _take(cond, idx: torch.Tensor, n_items: int):
 @torch.no_grad()
 def information_terms(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: dict[str, tuple[str, str]],
                       n: int = 100, form: str = "orthogonal", seed: int = 0, sampler: LogSNRSampler | None = None,
-                      batch_size: int = 64, keep_map: bool = True, progress: bool | None = None) -> dict[str, InfoResult]:
+                      batch_size: int = 64, keep_map: bool = True, progress: bool | None = None,
+                      stratified: bool = True) -> dict[str, InfoResult]:
     """Estimate several information terms of the same images with shared noise.
 
     ``x``: clean latents (N, C, H, W) (or one (C, H, W)); ``conds``: name → condition (batch 1 or N;
     None = unconditional); ``pairs``: label → (weak, strong) condition names, each giving
     i(x; strong | weak). ``n`` samples of (α, ε) per image, stratified in α, shared by all
-    conditions; each denoiser call holds every condition for ``batch_size`` samples.
+    conditions (``stratified=False`` draws α independently, as the published code does); each
+    denoiser call holds every condition for ``batch_size`` samples.
     Returns label → :class:`InfoResult` (for N > 1: value = mean over images, per_item set)."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
@@ -184,7 +186,8 @@ def information_terms(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: d
     k_of = {nm: i for i, nm in enumerate(names)}
     n_items = x.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
-    u = torch.cat([stratified_uniforms(n, gen) for _ in range(n_items)])
+    u = torch.cat([stratified_uniforms(n, gen) if stratified else torch.rand(n, generator=gen, dtype=torch.float64)
+                   for _ in range(n_items)])
     alphas, weights = sampler.sample(u)
     item = torch.arange(n_items).repeat_interleave(n)
     total = n_items * n
@@ -231,7 +234,7 @@ def information_terms(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: d
         bar.update(b)
     bar.close()
     out = {}
-    params = dict(n=n, form=form, seed=seed, loc=sampler.loc, scale=sampler.scale, clip=sampler.clip,
+    params = dict(n=n, form=form, seed=seed, stratified=stratified, loc=sampler.loc, scale=sampler.scale, clip=sampler.clip,
                   n_images=n_items, batch_size=batch_size, denoiser_calls=math.ceil(total / step))
     for lab in pairs:
         gap = per_sample[lab]

@@ -25,6 +25,7 @@ class Reading:
     position: str
     n_pixels: int
     shape_iou: float
+    mask: np.ndarray | None = None  # the blob's pixels, bool (32, 32)
 
 
 def _nearest(value: np.ndarray, table: dict) -> str:
@@ -76,42 +77,50 @@ def read_image(image: np.ndarray, max_objects: int = 2) -> list[Reading]:
         colour = _nearest(np.median(img[core], axis=0), COLOURS)
         shape, iou, size = _shape_of(m, cx, cy, max(x1 - x0, y1 - y0))
         position = _nearest(np.array([cx, cy]), POSITIONS)
-        out.append(Reading(colour, shape, size, cx, cy, position, int(m.sum()), iou))
+        out.append(Reading(colour, shape, size, cx, cy, position, int(m.sum()), iou, m))
     return out
+
+
+def match_readings(scene: Scene, image: np.ndarray) -> list[Reading | None]:
+    """The reading of each object of ``scene`` in ``image`` (None where none was found). For a pair,
+    the blobs are ordered along the relation's axis and matched to where the objects should be."""
+    readings = read_image(image, max_objects=len(scene.objects))
+    if len(scene.objects) == 1:
+        return [readings[0] if readings else None]
+    matched: list[Reading | None] = [None, None]
+    if len(readings) < 2:
+        for r in readings:  # one blob: the object whose expected centre is nearest
+            i = int(np.argmin([np.hypot(r.cx - o.cx, r.cy - o.cy) for o in scene.objects]))
+            matched[i] = r
+        return matched
+    horizontal = scene.relation in ("left of", "right of")
+    key = (lambda r: r.cx) if horizontal else (lambda r: r.cy)
+    obj_key = (lambda o: o.cx) if horizontal else (lambda o: o.cy)
+    order = sorted(range(2), key=lambda i: obj_key(scene.objects[i]))
+    for r, i in zip(sorted(readings, key=key), order):
+        matched[i] = r
+    return matched
 
 
 def check_scene(scene: Scene, image: np.ndarray) -> list[dict]:
     """Per object of ``scene``: which attributes the image gets right.
 
-    Returns one dict per object with boolean ``colour``, ``shape``, ``size``, ``position`` and
-    ``found``. For a pair, objects are matched by the relation (the first object must lie on its
-    side of the second), and ``position`` means the object lies on the side the relation says."""
-    readings = read_image(image, max_objects=len(scene.objects))
-    empty = {"found": False, "colour": False, "shape": False, "size": False, "position": False}
-    if len(scene.objects) == 1:
-        if not readings:
-            return [dict(empty)]
-        r, o = readings[0], scene.objects[0]
-        return [{"found": True, "colour": r.colour == o.colour, "shape": r.shape == o.shape,
-                 "size": r.size == o.size, "position": r.position == o.position}]
-    # pair: order the blobs along the relation's axis and compare with where the objects should be
-    results = [dict(empty), dict(empty)]
-    if len(readings) < 2:
-        # one blob: attribute it to the object whose expected centre is nearest
-        for r in readings:
-            i = int(np.argmin([np.hypot(r.cx - o.cx, r.cy - o.cy) for o in scene.objects]))
-            o = scene.objects[i]
-            results[i] = {"found": True, "colour": r.colour == o.colour, "shape": r.shape == o.shape,
-                          "size": r.size == o.size, "position": False}
-        return results
-    horizontal = scene.relation in ("left of", "right of")
-    axis = (lambda r: r.cx) if horizontal else (lambda r: r.cy)
-    obj_axis = (lambda o: o.cx) if horizontal else (lambda o: o.cy)
-    readings = sorted(readings, key=axis)
-    order = sorted(range(2), key=lambda i: obj_axis(scene.objects[i]))
-    separated = abs(axis(readings[1]) - axis(readings[0])) >= 6.0
-    for r, i in zip(readings, order):
-        o = scene.objects[i]
-        results[i] = {"found": True, "colour": r.colour == o.colour, "shape": r.shape == o.shape,
-                      "size": r.size == o.size, "position": bool(separated)}
-    return results
+    Returns one dict per object with boolean ``found``, ``colour``, ``shape``, ``size`` and
+    ``position``. For a pair, ``position`` means the two blobs are separated (≥ 6 px) along the
+    relation's axis in the order the relation says (see :func:`match_readings`)."""
+    matched = match_readings(scene, image)
+    found = [r for r in matched if r is not None]
+    separated = True
+    if len(scene.objects) == 2:
+        horizontal = scene.relation in ("left of", "right of")
+        key = (lambda r: r.cx) if horizontal else (lambda r: r.cy)
+        separated = len(found) == 2 and abs(key(found[0]) - key(found[1])) >= 6.0
+    out = []
+    for o, r in zip(scene.objects, matched):
+        if r is None:
+            out.append({"found": False, "colour": False, "shape": False, "size": False, "position": False})
+            continue
+        position = (r.position == o.position) if len(scene.objects) == 1 else separated
+        out.append({"found": True, "colour": r.colour == o.colour, "shape": r.shape == o.shape,
+                    "size": r.size == o.size, "position": bool(position)})
+    return out

@@ -13,20 +13,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import world
+from ..metrics import wilson_interval
 from .checker import check_scene, read_image
 
 ATTRIBUTES = ("colour", "shape", "size", "position")
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return (float(centre - half), float(centre + half))
 
 
 def heldout_scenes(n_single: int, n_pair: int, seed: int = 1234) -> list[world.Scene]:

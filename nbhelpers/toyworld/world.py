@@ -294,3 +294,23 @@ def random_drop(rng: np.random.Generator, scene: Scene, p_word: float = 0.25, p_
     """A random word-dropout pattern for training: each optional group is removed independently
     (nouns less often), so that prompts with words deleted are in the training distribution."""
     return {g: bool(rng.random() < (p_noun if g.startswith("noun") else p_word)) for g in scene.optional_groups()}
+
+
+def swapped_captions(scene: Scene) -> dict[str, str]:
+    """ARO-style wrong captions of a pair scene (red written "red"): ``"attribute"`` swaps the two
+    objects' colours (binding), ``"relation"`` swaps the two objects around the relation word (order).
+    A swap that gives back the true caption (identical attributes) is left out."""
+    if scene.kind != "pair":
+        raise ValueError("swapped captions are defined for two-object ('pair') scenes")
+    sc = with_plain_red(scene)
+    a, b = sc.objects
+    true = sc.caption()
+    out = {}
+    colour_swap = replace(sc, objects=(replace(a, colour=b.colour, colour_word=b.colour),
+                                       replace(b, colour=a.colour, colour_word=a.colour)))
+    if colour_swap.caption() != true:
+        out["attribute"] = colour_swap.caption()
+    order_swap = replace(sc, objects=(b, a))
+    if order_swap.caption() != true:
+        out["relation"] = order_swap.caption()
+    return out

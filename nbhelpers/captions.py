@@ -1,0 +1,51 @@
+"""Caption scoring as a test of compositional understanding (ARO-style, Yuksekgonul et al. 2023), with
+the information score of Kong et al.: the true caption should carry more information about the image
+than the same words with two attributes swapped (binding) or two objects swapped around a relation
+(order). Chance is 50 %."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .info import caption_scores
+from .metrics import wilson_interval
+
+
+@dataclass
+class CaptionStudy:
+    """Per kind of swap: n, accuracy (true caption scored higher) and its 95 % Wilson interval."""
+
+    records: list[dict]
+    params: dict = field(default_factory=dict)
+
+    def accuracy(self) -> dict:
+        out = {}
+        for kind in sorted({r["kind"] for r in self.records}):
+            hits = [r["correct"] for r in self.records if r["kind"] == kind]
+            k, n = int(np.sum(hits)), len(hits)
+            out[kind] = {"n": n, "accuracy": k / n, "ci95": wilson_interval(k, n)}
+        return out
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy(), "params": self.params}
+
+
+def caption_scoring_study(model, scenes, images, n: int = 32, seed: int = 0, form: str = "orthogonal",
+                          batch_size: int = 32) -> CaptionStudy:
+    """For each pair scene and its image, score the true caption against its swapped versions."""
+    from .toyworld.world import swapped_captions, with_plain_red
+
+    records = []
+    for k, (scene, image) in enumerate(tqdm(list(zip(scenes, images)), desc="caption scoring", leave=False)):
+        true = with_plain_red(scene).caption()
+        swaps = swapped_captions(scene)
+        if not swaps:
+            continue
+        sc = caption_scores(model, image, [true] + list(swaps.values()), n=n, seed=seed + k, form=form,
+                            batch_size=batch_size)
+        for j, (kind, cap) in enumerate(swaps.items(), start=1):
+            records.append({"image": k, "kind": kind, "true": true, "swapped": cap,
+                            "margin": float(sc.values[0] - sc.values[j]), "correct": bool(sc.values[0] > sc.values[j])})
+    return CaptionStudy(records, dict(n=n, seed=seed, form=form, n_images=len(scenes)))

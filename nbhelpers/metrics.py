@@ -1,0 +1,66 @@
+"""Small statistics used by several lessons: map normalisation, IoU, AUROC, intervals, correlation."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def minmax(m: np.ndarray) -> np.ndarray:
+    """Map rescaled to [0, 1] (a constant map becomes zeros)."""
+    m = np.asarray(m, np.float64)
+    lo, hi = m.min(), m.max()
+    return np.zeros_like(m) if hi - lo < 1e-12 else (m - lo) / (hi - lo)
+
+
+def upsample(m: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of an (h, w) map to (size, size)."""
+    import torch
+
+    t = torch.from_numpy(np.asarray(m, np.float64))[None, None]
+    return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def iou(pred: np.ndarray, mask: np.ndarray) -> float:
+    pred, mask = np.asarray(pred, bool), np.asarray(mask, bool)
+    union = (pred | mask).sum()
+    return float((pred & mask).sum() / union) if union else 1.0
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (ties counted half): the chance
+    that a pixel inside the mask scores higher than one outside. 0.5 = no better than chance."""
+    s = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(labels, bool).ravel()
+    n_pos, n_neg = y.sum(), (~y).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return (float(centre - half), float(centre + half))
+
+
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.std() < 1e-12 or b.std() < 1e-12:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def bootstrap_ci(statistic, n_items: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval of ``statistic(indices)`` over items resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    vals = [statistic(rng.integers(0, n_items, n_items)) for _ in range(n_boot)]
+    vals = np.asarray([v for v in vals if np.isfinite(v)])
+    a = (1 - level) / 2
+    return (float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a)))
