@@ -6,6 +6,7 @@ from .errors import (DeviceUnavailableError, EmptyPromptError, ImageFormatError,
                      NonFiniteError, PromptError, PromptTooLongError, UnsupportedModelError, WordNotInPromptError)
 from .model import Denoiser, DiffusionModel, Generation, TrajectoryStep, load_model, resolve_device
 from .text import TokenizedPrompt, Word, remove_word, tokenize
+from . import attention, metrics  # noqa: E402  (submodules used as nbh.attention, nbh.metrics)
 
 __version__ = "0.1.0"
 __all__ = [

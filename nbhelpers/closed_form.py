@@ -52,6 +52,13 @@ class GaussianDenoiser:
 
         return 0.5 * (integral(self._eig[0][0]) - integral(self._eig[1][0]))
 
+    def mmse(self, alphas, observed: bool) -> torch.Tensor:
+        """Exact ε-MMSE at each log-SNR: Σ_i σ(α + log λ_i) over the prior (observed=False) or
+        posterior (observed=True) covariance's eigenvalues."""
+        lam = self._eig[int(observed)][0]
+        a = torch.as_tensor(alphas, dtype=torch.float64).reshape(-1, 1)
+        return torch.sigmoid(a + torch.log(lam)[None]).sum(1)
+
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """n draws of (x as latents (n, d, 1, 1), condition (n, 1 + k) with y observed)."""
         L = torch.linalg.cholesky(self.S)

@@ -104,3 +104,86 @@ def save_figure(fig, output_dir: str | None, name: str) -> None:
 
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         fig.savefig(Path(output_dir) / f"{name}.png", dpi=110, bbox_inches="tight")
+
+
+def mmse_figure(alphas, curves: dict, fill: tuple[str, str] | None = None, title: str = "", ylabel="ε-MMSE"):
+    """ε-MMSE against log-SNR α for several conditions; ``fill`` shades the gap between two curves
+    (half its area is the information, in nats)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    for label, y in curves.items():
+        ax.plot(alphas, y, label=label)
+    if fill:
+        ax.fill_between(alphas, curves[fill[0]], curves[fill[1]], alpha=0.25, color="C2",
+                        label="gap: ½·area = information")
+    ax.set_xlabel("log-SNR α (nats)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def alpha_curve_figure(curves: dict, units: str = "nats", title: str = ""):
+    """Binned α-curves: label → (bin centres, mean ½·MMSE gap, stderr), as returned by ``info.mi_curve``."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.0))
+    for label, (c, m, se) in curves.items():
+        ax.plot(c, m, marker="o", ms=3, label=label)
+        ax.fill_between(c, m - se, m + se, alpha=0.2)
+    ax.set_xlabel("log-SNR α (nats)")
+    ax.set_ylabel(f"½ MMSE gap ({units} per unit α)")
+    ax.set_title(title or "where along the noise levels the information sits", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def maps_figure(image: np.ndarray, maps: dict, subtitles: dict | None = None, size: float = 2.0,
+                units: str = "nats", clip_negative: bool = False):
+    """The image, then each map (already upsampled to the image size) over a faded copy of it.
+    Colour bars are in ``units`` per pixel; ``clip_negative`` clips negative values (and says so)."""
+    n = len(maps) + 1
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size + 0.7))
+    axes[0].imshow(image, interpolation="nearest")
+    axes[0].set_title("image", fontsize=9)
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        m = np.asarray(m)
+        if clip_negative:
+            m = np.clip(m, 0, None)
+        ax.imshow(image, interpolation="nearest", alpha=0.35)
+        im = ax.imshow(m, cmap="magma", alpha=0.75, interpolation="bilinear")
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        cb.ax.tick_params(labelsize=6)
+        sub = (subtitles or {}).get(name, "")
+        ax.set_title(f"{name}\n{sub}".strip(), fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"per-pixel maps ({units} per pixel{', negatives clipped' if clip_negative else ''})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def interval_bars(table: dict, title: str = "", chance: float | None = None, ylabel: str = "accuracy"):
+    """Bars with 95 % intervals: name → (value, (lo, hi))."""
+    names = list(table)
+    vals = np.array([table[k][0] for k in names])
+    lo = vals - np.array([table[k][1][0] for k in names])
+    hi = np.array([table[k][1][1] for k in names]) - vals
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 1.6, 2.8))
+    ax.bar(names, vals, yerr=[lo, hi], capsize=4, color="#4C72B0")
+    if chance is not None:
+        ax.axhline(chance, color="crimson", ls="--", lw=1, label="chance")
+        ax.legend(fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_figure(x, y, xlabel: str, ylabel: str, title: str = ""):
+    fig, ax = plt.subplots(figsize=(3.6, 3.0))
+    ax.scatter(x, y, s=14, alpha=0.7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

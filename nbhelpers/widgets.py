@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 import matplotlib.pyplot as plt
 
 
@@ -60,3 +62,28 @@ def prompt_explorer(model, prompt: str = "a big red circle on the left", seed: i
                                   continuous_update=False),
     }
     return _show(draw, controls, dict(prompt=prompt, seed=seed, guidance=guidance))
+
+
+def word_map_explorer(image, info, units: str = "nats"):
+    """Pick a word of an already-estimated :class:`nbhelpers.info.PromptInformation` and see its
+    conditional-information map next to the whole prompt's map, with both α-curves."""
+    import ipywidgets as w
+
+    from .info import mi_curve
+    from .plotting import alpha_curve_figure, maps_figure
+
+    info = info.to(units)
+    size = np.asarray(image).shape[0]
+
+    def draw(word):
+        r = info.words[word]
+        maps_figure(np.asarray(image), {f"i(x; {word} | rest)": r.upsampled_map(size),
+                                        "i(x; prompt)": info.prompt.upsampled_map(size)},
+                    {f"i(x; {word} | rest)": f"{r.value:.2f} ± {r.stderr:.2f} {units}",
+                     "i(x; prompt)": f"{info.prompt.value:.2f} ± {info.prompt.stderr:.2f} {units}"}, units=units)
+        plt.show()
+        alpha_curve_figure({f"{word} | rest": mi_curve(r), "whole prompt": mi_curve(info.prompt)}, units=units)
+
+    words = list(info.words)
+    controls = {"word": w.Dropdown(options=words, value=words[0], description="word")}
+    return _show(draw, controls, {"word": words[0]})

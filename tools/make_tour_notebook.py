@@ -1,7 +1,5 @@
 """Writes notebooks/00_tour.ipynb (kept so that the lesson's source is reviewable as Python)."""
-import nbformat as nbf
-
-md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+from nbtools import code, md, parameters, write_notebook
 cells = [
 md("""# 00 · A tour of the toy world and its model
 
@@ -16,7 +14,7 @@ md("""# 00 · A tour of the toy world and its model
 **Model**: the bundled toy pipeline (`data/models/toy`, a real `diffusers` `StableDiffusionPipeline`, 32×32 images, 16×16×4 latents) — or any Stable Diffusion 1.x/2.x you point `model` at.
 
 **Time**: about 1 minute on a laptop CPU; seconds on a GPU."""),
-code("""# Parameters (papermill overrides these)
+parameters("""# Parameters (papermill overrides these)
 model = "toy"          # "toy", "sd21", a Hugging Face id from your cache, or a local folder
 device = "auto"        # "auto", "cpu", "cuda"
 seed = 0
@@ -26,7 +24,7 @@ guidance = 3.0         # classifier-free guidance scale
 n_examples = 8         # world scenes shown
 n_check = 60           # held-out captions generated in the check section
 fast = False           # small counts (the tests use this)
-output_dir = ""        # where figures and metrics.json go ("" = nowhere)""", metadata={"tags": ["parameters"]}),
+output_dir = ""        # where figures and metrics.json go ("" = nowhere)"""),
 code("""if fast:
     n_check, steps = 20, 15
 
@@ -133,8 +131,4 @@ md("""## Takeaways
    planted rates in `data/WORLD_CARD.md`. Then raise `guidance` to 5: what happens to the share, and why?
 3. Find a held-out caption the model gets wrong. Is the error in colour, shape or position?"""),
 ]
-nb = nbf.v4.new_notebook(cells=cells)
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nb.metadata["language_info"] = {"name": "python"}
-nbf.write(nb, "notebooks/00_tour.ipynb")
-print("wrote notebooks/00_tour.ipynb")
+write_notebook("notebooks/00_tour.ipynb", cells)
