@@ -71,6 +71,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' warnings while diffusers imports and loads a pipeline (it warns about
+    an image processor that these pipelines never use: ``feature_extractor=None``)."""
+    from transformers.utils import logging as tlog
+
+    old = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(old)
+
+
 def _hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
@@ -100,7 +114,8 @@ def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dty
     ``name_or_path``: "toy" (the bundled model), "sd15", "sd21", a Hugging Face id (from the local
     cache when offline) or a local folder. ``dtype``: default float32 on CPU, float16 on CUDA.
     """
-    from diffusers import StableDiffusionPipeline
+    with quiet_transformers():
+        from diffusers import StableDiffusionPipeline
 
     dev = resolve_device(device)
     if isinstance(dtype, str):
@@ -116,7 +131,8 @@ def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dty
                   use_safetensors=True)
     kwargs.update(pipeline_kwargs)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(src, local_files_only=local or _hf_offline(), **kwargs)
+        with quiet_transformers():
+            pipe = StableDiffusionPipeline.from_pretrained(src, local_files_only=local or _hf_offline(), **kwargs)
     except (OSError, EnvironmentError, ValueError) as e:
         if local:
             raise

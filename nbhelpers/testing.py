@@ -10,7 +10,10 @@ import torch
 def tiny_pipeline(prediction_type: str = "epsilon", image_size: int = 32, seed: int = 0):
     """A ``StableDiffusionPipeline`` with random weights (a few hundred thousand parameters), the toy
     world's tokenizer and SD's scaled-linear DDIM scheduler."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from .model import quiet_transformers
+
+    with quiet_transformers():
+        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from .toyworld.tokenizer import build_tokenizer
