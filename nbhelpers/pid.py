@@ -79,6 +79,12 @@ class PIDResult:
     units: str = "nats"
     params: dict = field(default_factory=dict)
 
+    @property
+    def redundant_share(self) -> float:
+        """R / i12: the share of the two words' joint information that either word alone carries
+        (≈ 1 for synonyms, at most ½ for words with independent information)."""
+        return float(self.values["redundancy"] / self.info["i12"].value) if self.info["i12"].value > 0 else float("nan")
+
     def to(self, units: str) -> "PIDResult":
         if units == self.units:
             return self
@@ -150,6 +156,20 @@ def partial_information(model, image, prompt: str, word1: str, word2: str, conte
     stderr = {k: float(v.std(ddof=1) / np.sqrt(len(v))) for k, v in per_sample.items()}
     return PIDResult((word1, word2), context, prompts, res, values, stderr, maps, "nats",
                      dict(res["i1"].params, prompt=prompt, policy=policy))
+
+
+def pid_table(model, items: list[tuple], n: int = 32, seed: int = 0, context: str = "rest"):
+    """PID of many (image, prompt, word1, word2, label) items: a pandas table with R, U1, U2, S, i12
+    (nats) and the redundant share, one row per item."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    rows = []
+    for k, (image, prompt, w1, w2, label) in enumerate(tqdm(items, desc="PID", leave=False)):
+        r = partial_information(model, image, prompt, w1, w2, context=context, n=n, seed=seed + k)
+        rows.append({"label": label, "prompt": prompt, "word1": w1, "word2": w2, **r.values,
+                     "i12": r.info["i12"].value, "redundant share": r.redundant_share})
+    return pd.DataFrame(rows)
 
 
 def discrete_pid_case(name: str) -> np.ndarray:

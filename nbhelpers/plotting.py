@@ -187,3 +187,29 @@ def scatter_figure(x, y, xlabel: str, ylabel: str, title: str = ""):
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def grouped_bars(table, x: str, hue: str, y: str, title: str = "", ylabel: str = ""):
+    """seaborn grouped bar chart of a tidy table (e.g. PID terms by case, estimated vs published)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    sns.barplot(data=table, x=x, y=y, hue=hue, ax=ax)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel or y)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def strip_compare(table, x: str, y: str, title: str = "", ylabel: str = ""):
+    """seaborn strip + box plot of a value across groups (e.g. redundant share: synonyms vs others)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    sns.boxplot(data=table, x=x, y=y, ax=ax, color="0.9", showfliers=False)
+    sns.stripplot(data=table, x=x, y=y, ax=ax, size=4)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel or y)
+    fig.tight_layout()
+    return fig

@@ -87,3 +87,35 @@ def word_map_explorer(image, info, units: str = "nats"):
     words = list(info.words)
     controls = {"word": w.Dropdown(options=words, value=words[0], description="word")}
     return _show(draw, controls, {"word": words[0]})
+
+
+def pid_explorer(model, image, prompt: str, word1: str, word2: str, n: int = 32, seed: int = 0):
+    """Pick two words of ``prompt`` and the context mode; see the four PID maps and their values."""
+    import ipywidgets as w
+
+    from .pid import partial_information
+    from .plotting import maps_figure
+
+    words = list(dict.fromkeys(wd.text for wd in model.tokenize(prompt).words))
+    cache: dict = {}
+    size = np.asarray(image).shape[0]
+
+    def draw(word1, word2, context):
+        if word1 == word2:
+            print("pick two different words")
+            return
+        key = (word1, word2, context)
+        if key not in cache:
+            cache[key] = partial_information(model, image, prompt, word1, word2, context=context, n=n, seed=seed)
+        r = cache[key]
+        from .metrics import upsample
+
+        names = {"redundancy": "redundancy", "unique1": f"unique '{word1}'", "unique2": f"unique '{word2}'",
+                 "synergy": "synergy"}
+        maps_figure(np.asarray(image), {names[k]: upsample(m, size) for k, m in r.maps.items()},
+                    {names[k]: f"{r.values[k]:.2f} ± {r.stderr[k]:.2f} nats" for k in r.maps}, clip_negative=True)
+
+    controls = {"word1": w.Dropdown(options=words, value=word1, description="word 1"),
+                "word2": w.Dropdown(options=words, value=word2, description="word 2"),
+                "context": w.ToggleButtons(options=["rest", "none"], value="rest", description="context")}
+    return _show(draw, controls, {"word1": word1, "word2": word2, "context": "rest"})

@@ -314,3 +314,15 @@ def swapped_captions(scene: Scene) -> dict[str, str]:
     if order_swap.caption() != true:
         out["relation"] = order_swap.caption()
     return out
+
+
+def lone_scene(colour: str, shape: str, size: str = "big", position: str = "middle", colour_word: str | None = None,
+               noun: str | None = None, rng: np.random.Generator | None = None) -> Scene:
+    """One object at a canonical position (jittered when ``rng`` is given). ``colour_word`` writes the
+    colour differently ("crimson", "crimson red"); ``noun`` names the object differently ("bat")."""
+    if colour not in COLOURS or shape not in SHAPES or size not in SIZES or position not in POSITIONS:
+        raise ValueError(f"unknown attribute in ({colour}, {shape}, {size}, {position}); see data/WORLD_CARD.md")
+    jx, jy = _jitter(rng) if rng is not None else (0.0, 0.0)
+    cx, cy = POSITIONS[position]
+    kind = "homonym" if noun == HOMONYM else "single"
+    return Scene(kind, (WorldObject(colour, shape, size, cx + jx, cy + jy, noun or shape, position, colour_word),))
