@@ -33,13 +33,18 @@ VAE_CONFIG = dict(
     up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
     block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16, sample_size=world.IMAGE_SIZE,
 )
+# Three levels (16x16, 8x8, 4x4): the 4x4 bottleneck gives every position a sense of where it is
+# (a two-level UNet learned colours but placed objects at random: position words need it).
 UNET_CONFIG = dict(
     sample_size=world.IMAGE_SIZE // 2, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(48, 96), layers_per_block=1, cross_attention_dim=64,
+    down_block_types=("CrossAttnDownBlock2D",) * 3,
+    up_block_types=("CrossAttnUpBlock2D",) * 3,
+    block_out_channels=(48, 96, 96), layers_per_block=1, cross_attention_dim=64,
     attention_head_dim=4, norm_num_groups=16,
 )
+# The first phase's two-level UNet, kept to warm-start from (``--init-from``).
+UNET_CONFIG_PHASE1 = dict(UNET_CONFIG, down_block_types=("CrossAttnDownBlock2D",) * 2,
+                          up_block_types=("CrossAttnUpBlock2D",) * 2, block_out_channels=(48, 96))
 TEXT_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                    max_position_embeddings=24, projection_dim=64)
 # Stable Diffusion's noise schedule
@@ -140,8 +145,39 @@ def encode_all(vae, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
+def warm_start(unet, text, ckpt: Checkpointer, name: str, tokenizer) -> dict:
+    """Initialise the three-level UNet and the text encoder from a two-level run's EMA weights
+    (checkpoint ``name``): the text encoder as it is; the UNet's outer blocks, whose shapes are the
+    same (old up block i becomes new up block i + 1); the new 4x4 level starts fresh."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    old_unet = UNet2DConditionModel(**UNET_CONFIG_PHASE1)
+    old_text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                            **TEXT_CONFIG))
+    for mod, key in ((old_unet, "ema_unet"), (old_text, "ema_text")):
+        shadow = load_file(ckpt.folder / f"{name}.{key}.safetensors")
+        for i, p in enumerate(mod.parameters()):
+            p.data.copy_(shadow[f"p{i}"])
+    text.load_state_dict(old_text.state_dict())
+    renamed = {}
+    for k, v in old_unet.state_dict().items():
+        if k.startswith("up_blocks."):
+            i = int(k.split(".")[1])
+            k = f"up_blocks.{i + 1}." + k.split(".", 2)[2]
+        renamed[k] = v
+    new_sd = unet.state_dict()
+    loaded = {k: v for k, v in renamed.items() if k in new_sd and new_sd[k].shape == v.shape}
+    unet.load_state_dict(loaded, strict=False)
+    meta = json.loads((ckpt.folder / f"{name}.json").read_text())
+    return {"from": name, "phase1_steps": meta["step"], "phase1_seconds": meta["seconds"],
+            "unet_tensors_loaded": len(loaded), "unet_tensors_total": len(new_sd)}
+
+
 def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: float, batch: int, seed: int,
-                   log: dict, max_steps: int | None = None):
+                   log: dict, max_steps: int | None = None, init_from: str | None = None):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import EMAModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -151,6 +187,8 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                         **TEXT_CONFIG))
+    if init_from and not (ckpt.folder / "denoiser.json").exists():
+        log["warm_start"] = warm_start(unet, text, ckpt, init_from, tokenizer)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
     ema_unet = EMAModel(unet.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
@@ -248,6 +286,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--init-from", default=None,
+                    help="warm-start from this checkpoint name in <out>.ckpt/ (a two-level run's, see warm_start)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
@@ -265,7 +305,7 @@ def main(argv=None):
     log["scaling_factor"] = scaling
     log_path.write_text(json.dumps(log, indent=1))
     unet, text, _ = train_denoiser(scenes, latents * scaling, tokenizer, ckpt, a.minutes, a.batch, a.seed + 1,
-                                   log, a.max_steps)
+                                   log, a.max_steps, a.init_from)
     save_pipeline(out, vae, unet, text, tokenizer)
     log.update(n_images=a.n_images, batch=a.batch, vae_steps=a.vae_steps, threads=a.threads,
                wall_seconds_this_run=time.time() - t0,
