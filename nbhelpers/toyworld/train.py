@@ -4,9 +4,10 @@
 
 Stage 1 trains the VAE (reconstruction + a small KL term) and fixes its ``scaling_factor`` so that
 latents have unit variance. Stage 2 trains the UNet and the CLIP text encoder jointly with the
-epsilon-prediction loss (min-SNR-5 weighting) on precomputed latents, with captions redrawn every
+epsilon-prediction loss on precomputed latents, with captions redrawn every
 step: optional words are dropped at random (so prompts with a word deleted are in distribution) and
-10 % of captions are empty (classifier-free guidance and the unconditional denoiser). Both stages
+10 % of captions are empty (classifier-free guidance and the unconditional denoiser); noisy timesteps
+are oversampled and up-weighted so that position words are learned (see ``train_denoiser``). Both stages
 checkpoint to ``<out>.ckpt/`` and resume after an interruption. The result is saved with
 ``StableDiffusionPipeline.save_pretrained`` (safetensors) and loads offline with ``from_pretrained``.
 """
@@ -196,7 +197,11 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
     sched = DDPMScheduler(**SCHEDULE)
     acp = sched.alphas_cumprod
     snr = acp / (1 - acp)
-    weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
+    # min-SNR-5 at low noise, and up to 10x at high noise (SNR < 1), where the layout is decided:
+    # there the object's place is hard to read from z, so position words matter, but the epsilon
+    # loss hardly sees image errors (it scales with the SNR). Any positive per-timestep weight keeps
+    # the per-timestep MMSE optimum, which the information estimators rely on.
+    weight = torch.clamp(snr, max=5.0) / snr * torch.clamp(1.0 / snr, min=1.0, max=10.0)
 
     class _EMAWrap(torch.nn.Module):  # so that the checkpointer can treat EMA like a module
         def __init__(self, ema):
@@ -231,7 +236,9 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
                         truncation=True, return_tensors="pt").input_ids
         x0 = latents[torch.from_numpy(idx)]
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (batch,), generator=gen)
+        # half the batch uniform over timesteps, half over the noisier 60 % (layout and position)
+        t = torch.where(torch.rand(batch, generator=gen) < 0.5, torch.randint(0, 1000, (batch,), generator=gen),
+                        torch.randint(400, 1000, (batch,), generator=gen))
         zt = sched.add_noise(x0, noise, t)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, total or 10**6, 1e-3)
