@@ -224,7 +224,7 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
     step, total = state["step"], state["total"]
     seconds = state["seconds"]
     losses = []
-    bar = None
+    bar = tqdm(total=total, initial=step, desc="UNet+text", mininterval=10) if total else None
     while total is None or step < total:
         t_start = time.time()
         idx = rng.integers(0, len(scenes), batch)
@@ -306,7 +306,16 @@ def main(argv=None):
     tokenizer = build_tokenizer(TEXT_CONFIG["max_position_embeddings"])
     vae = train_vae(images, ckpt, a.vae_steps, 64, a.seed, log)
     vae.eval()
-    latents = encode_all(vae, images)
+    cache = ckpt.folder / "latents.safetensors"  # encoded once, reused when resuming
+    if cache.exists():
+        from safetensors.torch import load_file
+
+        latents = load_file(cache)["latents"]
+    else:
+        from safetensors.torch import save_file
+
+        latents = encode_all(vae, images)
+        save_file({"latents": latents.contiguous()}, cache)
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
     log["scaling_factor"] = scaling
