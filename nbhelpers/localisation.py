@@ -103,6 +103,14 @@ def localisation_study(model, scenes, images: np.ndarray, masks: list[list[np.nd
                               dict(n=n, attention_n=attention_n, seed=seed, n_images=len(scenes)))
 
 
+def world_pairs(n_images: int, seed: int = 0, split: str = "all"):
+    """Two-object scenes of the world, their renders and exact object masks: (scenes, images, masks)."""
+    from .toyworld import world
+
+    scenes = [world.with_plain_red(s) for s in world.sample_scenes(n_images, seed=seed, split=split, kind="pair")]
+    return scenes, np.stack([s.render() for s in scenes]), [list(s.object_masks()) for s in scenes]
+
+
 def generated_pairs(model, n_images: int, seed: int = 0, steps: int = 25, guidance: float = 3.0,
                     batch: int = 50, split: str = "all"):
     """Generate pair scenes and keep those the checker reads fully right; masks are the checker's blobs.
