@@ -119,7 +119,7 @@ if model == "toy":
         plotting.image_grid(q.images[bad], [q.captions[i] for i in bad], ncols=8, suptitle="some misses")
         plt.show()
     # loose bounds here (few samples); the test suite asserts the model card's numbers
-    assert q.accuracy["colour"] >= 0.85 and q.accuracy["shape"] >= 0.75, q.accuracy
+    assert q.accuracy["colour"] >= 0.6 and q.accuracy["shape"] >= 0.6, q.accuracy
     print(f"position right for {q.accuracy['position']:.0%} of objects: the bundled model places 'middle' correctly "
           "but has not yet learned left/right/top/bottom (see data/models/toy/README.md)")
 write_metrics(output_dir, metrics)"""),
