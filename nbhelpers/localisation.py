@@ -104,10 +104,12 @@ def localisation_study(model, scenes, images: np.ndarray, masks: list[list[np.nd
 
 
 def world_pairs(n_images: int, seed: int = 0, split: str = "all"):
-    """Two-object scenes of the world, their renders and exact object masks: (scenes, images, masks)."""
+    """Two-object scenes of the world with at least one word naming one object, their renders and exact
+    object masks: (scenes, images, masks)."""
     from .toyworld import world
 
-    scenes = [world.with_plain_red(s) for s in world.sample_scenes(n_images, seed=seed, split=split, kind="pair")]
+    pool = world.sample_scenes(2 * n_images + 10, seed=seed, split=split, kind="pair")
+    scenes = [s for s in (world.with_plain_red(s) for s in pool) if localisation_words(s)][:n_images]
     return scenes, np.stack([s.render() for s in scenes]), [list(s.object_masks()) for s in scenes]
 
 

@@ -24,7 +24,7 @@ guidance = 3.0         # classifier-free guidance scale
 n_examples = 8         # world scenes shown
 n_check = 60           # held-out captions generated in the check section
 fast = False           # small counts (the tests use this)
-output_dir = ""        # where figures and metrics.json go ("" = nowhere)"""),
+output_dir = ""        # where figures and metrics.json go (empty: nowhere)"""),
 code("""if fast:
     n_check, steps = 20, 15
 
