@@ -74,14 +74,21 @@ def tokenize(tokenizer, prompt: str, max_length: int | None = None) -> Tokenized
         raise PromptTooLongError(
             f"the prompt {prompt!r} needs {len(ids)} tokens (with start and end tokens) but the text encoder "
             f"takes at most {limit}; shorten it by about {len(ids) - limit} token(s)")
-    spans = [(m.start(), m.end(), m.group().lower()) for m in WORD_RE.finditer(prompt)]
+    words = [Word(w.text, w.occurrence, w.start, w.end,
+                  tuple(i for i, (s, e) in enumerate(offsets) if e > s and s >= w.start and e <= w.end and i > 0))
+             for w in _word_spans(prompt)]
+    return TokenizedPrompt(prompt, tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids)), tuple(words))
+
+
+def _word_spans(prompt: str) -> list[Word]:
+    """The prompt's words with their character spans and occurrence numbers (no tokens)."""
     counts: dict[str, int] = {}
     words = []
-    for start, end, text in spans:
-        toks = tuple(i for i, (s, e) in enumerate(offsets) if e > s and s >= start and e <= end and i > 0)
-        words.append(Word(text, counts.get(text, 0), start, end, toks))
+    for m in WORD_RE.finditer(prompt):
+        text = m.group().lower()
+        words.append(Word(text, counts.get(text, 0), m.start(), m.end(), ()))
         counts[text] = counts.get(text, 0) + 1
-    return TokenizedPrompt(prompt, tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids)), tuple(words))
+    return words
 
 
 def _split_words(word: str) -> list[str]:
@@ -125,13 +132,7 @@ def remove_word(prompt: str, word: str, policy: str = "delete", replacement: str
     if tokenizer is not None:
         tp = tokenize(tokenizer, prompt)
     else:  # character spans only
-        spans = [(m.start(), m.end(), m.group().lower()) for m in WORD_RE.finditer(prompt)]
-        counts: dict[str, int] = {}
-        ws = []
-        for s, e, t in spans:
-            ws.append(Word(t, counts.get(t, 0), s, e, ()))
-            counts[t] = counts.get(t, 0) + 1
-        tp = TokenizedPrompt(prompt, (), (), tuple(ws))
+        tp = TokenizedPrompt(prompt, (), (), tuple(_word_spans(prompt)))
     hits = find_word(tp, word, occurrence)
     out = prompt
     for w in sorted(hits, key=lambda w: -w.start):
