@@ -18,35 +18,117 @@ import torch
 import torch.nn.functional as F
 
 
+class AttentionBudgetError(MemoryError):
+    """Keeping the requested per-step/per-layer/per-head maps would exceed the memory budget."""
+
+
 class AttentionStore:
-    """Running sum of cross-attention maps, (B, L, h, w) at latent resolution, over layers and calls.
+    """Cross-attention maps at latent resolution, aggregated on the fly.
 
-    ``rows``: which batch rows of each UNet call to keep (None = all), set by the caller per call."""
+    Always kept: the running sum over layers, heads and calls, (B, L, h, w) (``token_maps``).
+    Kept only where asked, since they multiply memory:
+    - ``keep_steps``: per-step maps (B, L, h, w) for these step indices ("all" or a list), summed over
+      layers and heads (``step_maps``); the step counter advances with each UNet call when the store
+      is used with :func:`capture_cross_attention` (``count_calls=True``);
+    - ``keep_layers``: per-layer maps (summed over steps), ``layer_maps``;
+    - ``keep_heads``: per-layer, per-head maps (B, heads, L, h, w) (summed over steps), ``head_maps``.
+    ``budget_mb`` bounds the kept maps; exceeding it raises :class:`AttentionBudgetError` at the first
+    step that would, with advice. ``rows``: which batch rows of each UNet call to keep (None = all);
+    with ``n_prompts`` set, a call with 2·n_prompts rows (classifier-free guidance, unconditional
+    rows first as diffusers orders them) keeps the conditional half only."""
 
-    def __init__(self, latent_hw: tuple[int, int]):
+    def __init__(self, latent_hw: tuple[int, int], keep_steps="none", keep_layers: bool = False,
+                 keep_heads: bool = False, budget_mb: float = 512.0, n_prompts: int | None = None):
         self.hw = tuple(latent_hw)
         self.total: torch.Tensor | None = None
         self.count = 0  # layer-maps added per row
         self.rows: torch.Tensor | slice | None = None
         self.layers: set[str] = set()
+        self.keep_steps = keep_steps
+        self.keep_layers = keep_layers
+        self.keep_heads = keep_heads
+        self.budget_bytes = budget_mb * 2**20
+        self.n_prompts = n_prompts
+        self.step = 0
+        self.calls = 0
+        self._steps: dict[int, list] = {}  # step -> [sum, count]
+        self._layers: dict[str, list] = {}
+        self._heads: dict[str, list] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def begin_call(self, batch: int) -> None:
+        """Called before each UNet call: sets the step index and the rows to keep."""
+        self.step = self.calls
+        self.calls += 1
+        if self.n_prompts is not None:
+            self.rows = slice(self.n_prompts, 2 * self.n_prompts) if batch == 2 * self.n_prompts else None
+
+    def _keeps_step(self, step: int) -> bool:
+        if isinstance(self.keep_steps, str):
+            return self.keep_steps == "all"
+        return step in set(self.keep_steps or ())
+
+    def kept_bytes(self) -> int:
+        tensors = [v[0] for d in (self._steps, self._layers, self._heads) for v in d.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _accumulate(self, table: dict, key, maps: torch.Tensor) -> None:
+        if key in table:
+            table[key][0] += maps
+            table[key][1] += 1
+            return
+        if self.kept_bytes() + maps.numel() * maps.element_size() > self.budget_bytes:
+            raise AttentionBudgetError(
+                f"keeping attention maps per step/layer/head would exceed budget_mb={self.budget_bytes / 2**20:.0f}; "
+                "keep fewer steps (keep_steps=[...]), set keep_heads=False or keep_layers=False, use fewer "
+                "prompts per call, or raise budget_mb")
+        table[key] = [maps.clone(), 1]
 
     def add(self, name: str, probs: torch.Tensor, spatial: tuple[int, int]):
-        """probs: (B, N, L) head-averaged attention of N = h_l·w_l queries over L tokens."""
+        """probs: (B, heads, N, L) or head-averaged (B, N, L) attention of N = h_l·w_l queries over
+        L tokens."""
         if self.rows is not None:
             probs = probs[self.rows]
-        b, n, L = probs.shape
-        maps = probs.transpose(1, 2).reshape(b, L, *spatial).float()
-        if spatial != self.hw:
-            maps = F.interpolate(maps, size=self.hw, mode="bilinear", align_corners=False)
-        self.total = maps.detach().cpu() if self.total is None else self.total + maps.detach().cpu()
+        probs = probs.detach().float()
+        heads = probs if probs.ndim == 4 else None
+        mean = probs.mean(1) if probs.ndim == 4 else probs
+        b, n, L = mean.shape
+        maps = self._to_latent(mean.transpose(1, 2).reshape(b, L, *spatial)).cpu()
+        self.total = maps if self.total is None else self.total + maps
         self.count += 1
         self.layers.add(name)
+        if self._keeps_step(self.step):
+            self._accumulate(self._steps, self.step, maps)
+        if self.keep_layers:
+            self._accumulate(self._layers, name, maps)
+        if self.keep_heads and heads is not None:
+            hm = heads.transpose(2, 3).reshape(b * heads.shape[1], L, *spatial)
+            hm = self._to_latent(hm).reshape(b, heads.shape[1], L, *self.hw).cpu()
+            self._accumulate(self._heads, name, hm)
 
+    def _to_latent(self, maps: torch.Tensor) -> torch.Tensor:
+        if tuple(maps.shape[-2:]) != self.hw:
+            maps = F.interpolate(maps, size=self.hw, mode="bilinear", align_corners=False)
+        return maps
+
+    # -- results -------------------------------------------------------------------------------------
     def token_maps(self) -> torch.Tensor:
-        """Mean map per token, (B, L, h, w)."""
+        """Mean map per token over everything captured, (B, L, h, w)."""
         if self.total is None:
             raise RuntimeError("no cross-attention was captured; run the UNet inside capture_cross_attention")
         return self.total / self.count
+
+    def step_maps(self) -> dict[int, torch.Tensor]:
+        """{step: mean map per token at that step, (B, L, h, w)} for the kept steps."""
+        return {k: v[0] / v[1] for k, v in sorted(self._steps.items())}
+
+    def layer_maps(self) -> dict[str, torch.Tensor]:
+        """{layer name: mean map per token in that layer, (B, L, h, w)} (with ``keep_layers``)."""
+        return {k: v[0] / v[1] for k, v in self._layers.items()}
+
+    def head_maps(self) -> dict[str, torch.Tensor]:
+        """{layer name: mean map per head and token, (B, heads, L, h, w)} (with ``keep_heads``)."""
+        return {k: v[0] / v[1] for k, v in self._heads.items()}
 
 
 class _CaptureProcessor:
@@ -76,20 +158,34 @@ class _CaptureProcessor:
                 q = q.view(b, n, attn.heads, d).transpose(1, 2)
                 k = k.view(b, -1, attn.heads, d).transpose(1, 2)
                 probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scale, dim=-1)
-                self.store.add(self.name, probs.mean(1), spatial)
+                self.store.add(self.name, probs if self.store.keep_heads else probs.mean(1), spatial)
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
 
 @contextlib.contextmanager
-def capture_cross_attention(unet, store: AttentionStore):
-    """Within the block, every cross-attention layer of ``unet`` adds its maps to ``store``."""
+def capture_cross_attention(unet, store: AttentionStore, count_calls: bool = False, layers: str | None = None):
+    """Within the block, every cross-attention layer of ``unet`` (or those whose name contains
+    ``layers``, e.g. "up_blocks") adds its maps to ``store``; the other layers keep their processors
+    (SDPA by default). ``count_calls=True`` advances ``store.step`` with each UNet call (one call per
+    denoising step in a pipeline) and picks the conditional rows (see :class:`AttentionStore`).
+    The original processors are restored on exit, also after an error."""
     originals = dict(unet.attn_processors)
-    wrapped = {name: (_CaptureProcessor(p, store, name) if ".attn2." in name else p) for name, p in originals.items()}
+    chosen = {n for n in originals if ".attn2." in n and (layers is None or layers in n)}
+    if not chosen:
+        raise ValueError(f"no cross-attention layer matches layers={layers!r}; names look like "
+                         f"{next((n for n in originals if '.attn2.' in n), 'none')!r}")
+    wrapped = {name: (_CaptureProcessor(p, store, name) if name in chosen else p) for name, p in originals.items()}
     unet.set_attn_processor(wrapped)
+    hook = None
+    if count_calls:
+        hook = unet.register_forward_pre_hook(lambda mod, args, kwargs: store.begin_call(
+            (args[0] if args else kwargs["sample"]).shape[0]), with_kwargs=True)
     try:
         yield store
     finally:
         unet.set_attn_processor(originals)
+        if hook is not None:
+            hook.remove()
 
 
 @torch.no_grad()
@@ -114,3 +210,38 @@ def word_attention_maps(model, image, prompt: str, words: list[str] | None = Non
         model.eps(z, a, model.condition(prompt))
     tok = store.token_maps().mean(0)  # (L, h, w), averaged over noise levels
     return {w: tok[tp.token_indices(w)].mean(0).numpy() for w in words}
+
+
+@contextlib.contextmanager
+def attention_probs_with_grad(unet, layers: str | None = None):
+    """Within the block, the cross-attention layers of ``unet`` (those whose name contains
+    ``layers``, all by default) run diffusers' plain ``AttnProcessor`` and record their attention
+    probabilities **inside the autograd graph**, for gradient-weighted relevance. Yields
+    {layer name: [probs (B·heads, N, L), one per UNet call]}. Other layers keep their processors;
+    everything is restored on exit, also after an error."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    originals = dict(unet.attn_processors)
+    chosen = [n for n in originals if ".attn2." in n and (layers is None or layers in n)]
+    if not chosen:
+        raise ValueError(f"no cross-attention layer matches layers={layers!r}")
+    modules = dict(unet.named_modules())
+    recorded: dict[str, list[torch.Tensor]] = {n.removesuffix(".processor"): [] for n in chosen}
+    patched = []
+    for name in recorded:
+        mod = modules[name]
+
+        def scores(query, key, attention_mask=None, _mod=mod, _name=name):
+            probs = type(_mod).get_attention_scores(_mod, query, key, attention_mask)
+            recorded[_name].append(probs)
+            return probs
+
+        mod.get_attention_scores = scores
+        patched.append(mod)
+    unet.set_attn_processor({n: (AttnProcessor() if n in chosen else p) for n, p in originals.items()})
+    try:
+        yield recorded
+    finally:
+        unet.set_attn_processor(originals)
+        for mod in patched:
+            del mod.get_attention_scores

@@ -64,3 +64,23 @@ def bootstrap_ci(statistic, n_items: int, n_boot: int = 1000, seed: int = 0, lev
     vals = np.asarray([v for v in vals if np.isfinite(v)])
     a = (1 - level) / 2
     return (float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a)))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, data_range: float = 255.0) -> float:
+    """Structural similarity (Wang et al. 2004, Gaussian window σ = ``sigma`` px, K1 = 0.01,
+    K2 = 0.03) of two images (H, W) or (H, W, C), averaged over pixels and channels; 1 = identical."""
+    from scipy.ndimage import gaussian_filter
+
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"ssim needs images of one shape, got {a.shape} and {b.shape}")
+    if a.ndim == 3:
+        return float(np.mean([ssim(a[..., c], b[..., c], sigma, data_range) for c in range(a.shape[2])]))
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = gaussian_filter(a, sigma), gaussian_filter(b, sigma)
+    var_a = gaussian_filter(a * a, sigma) - mu_a**2
+    var_b = gaussian_filter(b * b, sigma) - mu_b**2
+    cov = gaussian_filter(a * b, sigma) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())

@@ -271,12 +271,17 @@ class DiffusionModel:
         return self._null
 
     # -- the denoiser ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def eps(self, z: torch.Tensor, logsnr, cond: torch.Tensor | None = None, max_batch: int | None = None) -> torch.Tensor:
+    def eps(self, z: torch.Tensor, logsnr, cond: torch.Tensor | None = None, max_batch: int | None = None,
+            grad: bool = False) -> torch.Tensor:
         """Epsilon prediction (float32, shaped like ``z``) at log-SNR ``logsnr`` (float or (B,)).
 
         ``cond``: hidden states of batch B or 1 (from :meth:`condition`), None for unconditional.
-        ``max_batch`` splits large batches into several UNet calls."""
+        ``max_batch`` splits large batches into several UNet calls. ``grad=True`` keeps the autograd
+        graph (gradients to ``z``, ``cond`` or the weights, e.g. for saliency or learning a token)."""
+        with torch.set_grad_enabled(grad):
+            return self._eps(z, logsnr, cond, max_batch)
+
+    def _eps(self, z, logsnr, cond, max_batch):
         if z.ndim != 4 or tuple(z.shape[1:]) != self.latent_shape:
             raise ImageFormatError(f"z must have shape (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
         b = z.shape[0]

@@ -213,3 +213,106 @@ def strip_compare(table, x: str, y: str, title: str = "", ylabel: str = ""):
     ax.set_ylabel(ylabel or y)
     fig.tight_layout()
     return fig
+
+
+def step_figure(x_t: np.ndarray, x0: np.ndarray, attention: np.ndarray | None, word: str | None, step: int,
+                logsnr: float, size: float = 2.2):
+    """One denoising step: x_t decoded, the predicted clean image, and (if given) a word's
+    cross-attention map (latent resolution, shown over the prediction)."""
+    n = 3 if attention is not None else 2
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size + 0.5))
+    axes[0].imshow(x_t, interpolation="nearest")
+    axes[0].set_title("x_t (decoded)", fontsize=9)
+    axes[1].imshow(x0, interpolation="nearest")
+    axes[1].set_title("predicted x₀", fontsize=9)
+    if attention is not None:
+        axes[2].imshow(x0, interpolation="nearest", alpha=0.35)
+        axes[2].imshow(attention, cmap="magma", alpha=0.75, interpolation="bilinear",
+                       extent=(-0.5, x0.shape[1] - 0.5, x0.shape[0] - 0.5, -0.5))
+        axes[2].set_title(f"attention: '{word}'", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"step {step}  (log-SNR α = {logsnr:.2f} nats)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def attention_steps_figure(x0_images, word_maps: np.ndarray, words: list[str], steps: list[int], logsnrs,
+                           size: float = 1.3):
+    """Rows: the predicted clean image, then each word's cross-attention map, at the chosen steps."""
+    rows, cols = 1 + len(words), len(steps)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.8, size * rows + 0.4), squeeze=False)
+    for j, s in enumerate(steps):
+        axes[0, j].imshow(x0_images[s], interpolation="nearest")
+        axes[0, j].set_title(f"step {s}\nα={logsnrs[s]:.1f}", fontsize=7)
+        for i, w in enumerate(words):
+            axes[i + 1, j].imshow(word_maps[s, i], cmap="magma", interpolation="bilinear")
+    for i, label in enumerate(["predicted x₀"] + [f"'{w}'" for w in words]):
+        axes[i, 0].set_ylabel(label, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("cross-attention of each word, step by step (each map on its own colour scale)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def relevance_heatmap(values: np.ndarray, words: list[str], steps: list[int], title: str = "",
+                      label: str = "share of the step's relevance"):
+    """seaborn heat map, words × steps (e.g. each word's share of the attention relevance)."""
+    import pandas as pd
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(0.32 * len(steps) + 2.2, 0.32 * len(words) + 1.4))
+    sns.heatmap(pd.DataFrame(np.asarray(values).T, index=words, columns=steps), ax=ax, cmap="viridis",
+                cbar_kws={"label": label})
+    ax.set_xlabel("step (noise → image)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def faithfulness_figure(results: dict, title: str = ""):
+    """Deletion and insertion curves (SSIM to the unperturbed prediction) per saliency method, with the
+    random-order baseline (mean ± sd); AUCs in the legend."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0), sharey=True)
+    for k, (kind, ax) in enumerate(zip(("deletion", "insertion"), axes)):
+        first = next(iter(results.values()))
+        rnd = getattr(first, f"random_{kind}")
+        ax.plot(first.fractions, rnd.mean(0), color="0.4", ls="--",
+                label=f"random order (AUC {getattr(first, f'random_{kind}_auc'):.3f})")
+        ax.fill_between(first.fractions, rnd.mean(0) - rnd.std(0), rnd.mean(0) + rnd.std(0), color="0.7", alpha=0.4)
+        for i, (name, r) in enumerate(results.items()):
+            ax.plot(r.fractions, getattr(r, kind), color=f"C{i}", marker="o", ms=3,
+                    label=f"{name} (AUC {getattr(r, f'{kind}_auc'):.3f})")
+        ax.set_xlabel(f"fraction of latent pixels {'deleted' if kind == 'deletion' else 'inserted'}")
+        ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} AUC = more faithful)", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("SSIM to the unperturbed prediction")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def emergence_figure(curves: dict, settled_table, title: str = ""):
+    """Left: per step, the share of images whose predicted clean image already shows each attribute
+    as it ends; right: the step each attribute settles (box + strip, seaborn)."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.2))
+    for name, y in curves.items():
+        axes[0].plot(np.arange(len(y)), y, marker="o", ms=3, label=name)
+    axes[0].set_xlabel("step (noise → image)")
+    axes[0].set_ylabel("share of images showing it")
+    axes[0].set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("what the predicted x₀ already shows", fontsize=9)
+    order = sorted(curves, key=lambda a: settled_table[settled_table.attribute == a].settled_step.mean())
+    sns.boxplot(data=settled_table, x="attribute", y="settled_step", order=order, ax=axes[1], color="0.9",
+                showfliers=False)
+    sns.stripplot(data=settled_table, x="attribute", y="settled_step", order=order, ax=axes[1], size=3, alpha=0.6)
+    axes[1].set_ylabel("step it settles")
+    axes[1].set_title("when each attribute is decided", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -119,3 +119,23 @@ def pid_explorer(model, image, prompt: str, word1: str, word2: str, n: int = 32,
                 "word2": w.Dropdown(options=words, value=word2, description="word 2"),
                 "context": w.ToggleButtons(options=["rest", "none"], value="rest", description="context")}
     return _show(draw, controls, {"word1": word1, "word2": word2, "context": "rest"})
+
+
+def step_scrubber(trace, word: str | None = None, step: int | None = None):
+    """Slide over the denoising steps of a :class:`nbhelpers.timesteps.Trace`: x_t, the predicted
+    clean image and the chosen word's cross-attention at that step."""
+    import ipywidgets as w
+
+    from .plotting import step_figure
+
+    x_t, x0 = trace.images("latent"), trace.images("pred_x0")
+    word = word or trace.words[0]
+    step = trace.n_steps // 2 if step is None else step
+
+    def draw(step, word):
+        step_figure(x_t[step], x0[step], trace.word_map(word, step), word, step, float(trace.logsnrs[step]))
+
+    controls = {"step": w.IntSlider(value=step, min=0, max=trace.n_steps - 1, description="step",
+                                    continuous_update=True),
+                "word": w.Dropdown(options=trace.words, value=word, description="word")}
+    return _show(draw, controls, {"step": step, "word": word})

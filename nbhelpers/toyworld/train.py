@@ -4,10 +4,10 @@
 
 Stage 1 trains the VAE (reconstruction + a small KL term) and fixes its ``scaling_factor`` so that
 latents have unit variance. Stage 2 trains the UNet and the CLIP text encoder jointly with the
-epsilon-prediction loss on precomputed latents, with captions redrawn every
+v-prediction loss on precomputed latents, with captions redrawn every
 step: optional words are dropped at random (so prompts with a word deleted are in distribution) and
-10 % of captions are empty (classifier-free guidance and the unconditional denoiser); noisy timesteps
-are oversampled and up-weighted so that position words are learned (see ``train_denoiser``). Both stages
+10 % of captions are empty (classifier-free guidance and the unconditional denoiser). The UNet predicts
+v (as SD 2.x does) and noisy timesteps are oversampled, so that position words are learned. Both stages
 checkpoint to ``<out>.ckpt/`` and resume after an interruption. The result is saved with
 ``StableDiffusionPipeline.save_pretrained`` (safetensors) and loads offline with ``from_pretrained``.
 """
@@ -43,14 +43,13 @@ UNET_CONFIG = dict(
     block_out_channels=(48, 96, 96), layers_per_block=1, cross_attention_dim=64,
     attention_head_dim=4, norm_num_groups=16,
 )
-# The first phase's two-level UNet, kept to warm-start from (``--init-from``).
-UNET_CONFIG_PHASE1 = dict(UNET_CONFIG, down_block_types=("CrossAttnDownBlock2D",) * 2,
-                          up_block_types=("CrossAttnUpBlock2D",) * 2, block_out_channels=(48, 96))
 TEXT_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                    max_position_embeddings=24, projection_dim=64)
-# Stable Diffusion's noise schedule
+# Stable Diffusion's noise schedule, with SD 2.x's v-prediction: at high noise v ≈ -x0, so the network
+# predicts the layout directly (an epsilon model sees layout errors scaled down by the SNR, ~0.005 at
+# t = 999, and never learned where position words put objects).
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                prediction_type="epsilon")
+                prediction_type="v_prediction")
 
 
 def make_dataset(n: int, seed: int) -> tuple[list[world.Scene], torch.Tensor]:
@@ -146,39 +145,8 @@ def encode_all(vae, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
-def warm_start(unet, text, ckpt: Checkpointer, name: str, tokenizer) -> dict:
-    """Initialise the three-level UNet and the text encoder from a two-level run's EMA weights
-    (checkpoint ``name``): the text encoder as it is; the UNet's outer blocks, whose shapes are the
-    same (old up block i becomes new up block i + 1); the new 4x4 level starts fresh."""
-    from diffusers import UNet2DConditionModel
-    from safetensors.torch import load_file
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    old_unet = UNet2DConditionModel(**UNET_CONFIG_PHASE1)
-    old_text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                            **TEXT_CONFIG))
-    for mod, key in ((old_unet, "ema_unet"), (old_text, "ema_text")):
-        shadow = load_file(ckpt.folder / f"{name}.{key}.safetensors")
-        for i, p in enumerate(mod.parameters()):
-            p.data.copy_(shadow[f"p{i}"])
-    text.load_state_dict(old_text.state_dict())
-    renamed = {}
-    for k, v in old_unet.state_dict().items():
-        if k.startswith("up_blocks."):
-            i = int(k.split(".")[1])
-            k = f"up_blocks.{i + 1}." + k.split(".", 2)[2]
-        renamed[k] = v
-    new_sd = unet.state_dict()
-    loaded = {k: v for k, v in renamed.items() if k in new_sd and new_sd[k].shape == v.shape}
-    unet.load_state_dict(loaded, strict=False)
-    meta = json.loads((ckpt.folder / f"{name}.json").read_text())
-    return {"from": name, "phase1_steps": meta["step"], "phase1_seconds": meta["seconds"],
-            "unet_tensors_loaded": len(loaded), "unet_tensors_total": len(new_sd)}
-
-
 def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: float, batch: int, seed: int,
-                   log: dict, max_steps: int | None = None, init_from: str | None = None):
+                   log: dict, max_steps: int | None = None):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import EMAModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -188,8 +156,6 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                         **TEXT_CONFIG))
-    if init_from and not (ckpt.folder / "denoiser.json").exists():
-        log["warm_start"] = warm_start(unet, text, ckpt, init_from, tokenizer)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
     ema_unet = EMAModel(unet.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
@@ -197,11 +163,10 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
     sched = DDPMScheduler(**SCHEDULE)
     acp = sched.alphas_cumprod
     snr = acp / (1 - acp)
-    # min-SNR-5 at low noise, and up to 10x at high noise (SNR < 1), where the layout is decided:
-    # there the object's place is hard to read from z, so position words matter, but the epsilon
-    # loss hardly sees image errors (it scales with the SNR). Any positive per-timestep weight keeps
-    # the per-timestep MMSE optimum, which the information estimators rely on.
-    weight = torch.clamp(snr, max=5.0) / snr * torch.clamp(1.0 / snr, min=1.0, max=10.0)
+    # Loss on v, weighted so that the implied clean-image weight is min(1 + SNR, 6): capped at low
+    # noise (min-SNR-5 in v form) and never below 1 at high noise, where the layout is decided. Any
+    # positive per-timestep weight keeps the per-timestep MMSE optimum the information estimators need.
+    weight = torch.clamp(snr + 1, max=6.0) / (snr + 1)
 
     class _EMAWrap(torch.nn.Module):  # so that the checkpointer can treat EMA like a module
         def __init__(self, ema):
@@ -244,7 +209,8 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
             g["lr"] = cosine_lr(step, total or 10**6, 1e-3)
         cond = text(ids).last_hidden_state
         pred = unet(zt, t, cond).sample
-        loss = (weight[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        target = sched.get_velocity(x0, noise, t)
+        loss = (weight[t] * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -287,14 +253,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="data/models/toy")
     ap.add_argument("--n-images", type=int, default=60000)
-    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget of the UNet stage")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--init-from", default=None,
-                    help="warm-start from this checkpoint name in <out>.ckpt/ (a two-level run's, see warm_start)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
@@ -321,7 +285,7 @@ def main(argv=None):
     log["scaling_factor"] = scaling
     log_path.write_text(json.dumps(log, indent=1))
     unet, text, _ = train_denoiser(scenes, latents * scaling, tokenizer, ckpt, a.minutes, a.batch, a.seed + 1,
-                                   log, a.max_steps, a.init_from)
+                                   log, a.max_steps)
     save_pipeline(out, vae, unet, text, tokenizer)
     log.update(n_images=a.n_images, batch=a.batch, vae_steps=a.vae_steps, threads=a.threads,
                wall_seconds_this_run=time.time() - t0,
