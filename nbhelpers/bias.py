@@ -1,0 +1,321 @@
+"""Bias audits: subjects (occupations) × group dimensions (gender, ethnicity), with statistics a
+reviewer accepts, resumable on disk.
+
+:func:`run_audit` generates ``n`` images per (template, subject) cell, reads each image's group
+attributes with a ``reader`` (the toy world's checker by default; any classifier for real models),
+and appends one row per image to ``<out>/images.csv`` (PNG files beside it) after every batch, so an
+interrupted audit resumes where it stopped with nothing redone or lost. Optionally it measures, per
+subject and group word, the PID redundancy between the group word and the subject word in "a <group>
+<subject>" (how much of what the group word says about the image the subject word already says; see
+:mod:`nbhelpers.pid`), into ``<out>/pid.csv``.
+
+:func:`association_table` turns the rows into, per subject × dimension × group: the rate with a
+bootstrap 95 % interval, the reference rate (``"parity"``: 1/number of groups; or ``"others"``: the
+pooled rate of the other subjects), the effect size (Cohen's h), a permutation p-value (parity: random
+relabelling of each image's group under exchangeable labels; others: permuting subject labels), and
+Holm- and Benjamini–Hochberg-corrected p-values; ``flagged`` = Holm-corrected p < ``alpha``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .errors import NbhelpersError
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"
+
+
+class AuditError(NbhelpersError, ValueError):
+    """A bad audit specification or an out-of-date results folder."""
+
+
+# -- prompt lists ------------------------------------------------------------------------------------------
+def load_list(name: str) -> list[str]:
+    """A prompt list shipped in ``data/prompts/<name>.txt`` (one entry per line, # comments)."""
+    path = DATA_DIR / f"{name}.txt"
+    if not path.exists():
+        options = sorted(p.stem for p in DATA_DIR.glob("*.txt"))
+        raise AuditError(f"no prompt list {name!r} in {DATA_DIR}; available: {options}")
+    lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+    return [ln for ln in lines if ln]
+
+
+# -- readers ---------------------------------------------------------------------------------------------
+TOY_DIMENSIONS = {"colour": ("warm", "cool"), "size": ("big", "small")}
+
+
+def toy_reader(image: np.ndarray) -> dict:
+    """Group attributes of a toy-world image: colour → "warm" (red) / "cool" (blue) / "other", size →
+    "big" / "small"; None values when no object is found."""
+    from .toyworld.checker import read_image
+    from .toyworld.world import GROUP_COLOURS
+
+    r = read_image(image, max_objects=1)
+    if not r:
+        return {"colour": None, "size": None}
+    by_colour = {c: g for g, c in GROUP_COLOURS.items()}
+    return {"colour": by_colour.get(r[0].colour, "other"), "size": r[0].size}
+
+
+# -- the runner ------------------------------------------------------------------------------------------
+@dataclass
+class Audit:
+    """An audit's results folder: ``images`` (one row per image) and ``pid`` (one row per PID estimate)."""
+
+    folder: Path
+    spec: dict
+
+    def images(self):
+        import pandas as pd
+
+        p = self.folder / "images.csv"
+        return pd.read_csv(p) if p.exists() else pd.DataFrame()
+
+    def pid(self):
+        import pandas as pd
+
+        p = self.folder / "pid.csv"
+        return pd.read_csv(p) if p.exists() else pd.DataFrame()
+
+
+def _done_keys(path: Path, keys: tuple[str, ...]) -> set:
+    if not path.exists():
+        return set()
+    with path.open() as f:
+        return {tuple(row[k] for k in keys) for row in csv.DictReader(f)}
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+        f.flush()
+
+
+def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subject}",), n: int = 40, seed: int = 0,
+              steps: int = 20, guidance: float = 3.0, reader=None, dimensions: dict | None = None,
+              group_words: list[str] | None = None, n_pid: int = 0, pid_samples: int = 24, batch: int = 32,
+              save_images: bool = True) -> Audit:
+    """Run (or resume) an audit into folder ``out``; see the module docstring.
+
+    ``templates`` contain ``{subject}``; ``dimensions``: {dimension: group values} the reader returns
+    (toy: colour warm/cool, size big/small). ``group_words`` and ``n_pid`` > 0 add the PID redundancy
+    of each group word with each subject in "a {group} {subject}" on ``n_pid`` generated images."""
+    from .text import check_prompt
+
+    reader = reader or toy_reader
+    dimensions = dict(dimensions or TOY_DIMENSIONS)
+    out = Path(out)
+    spec = dict(subjects=list(subjects), templates=list(templates), n=n, seed=seed, steps=steps, guidance=guidance,
+                dimensions={k: list(v) for k, v in dimensions.items()}, group_words=list(group_words or []),
+                n_pid=n_pid, pid_samples=pid_samples, model=getattr(model, "name", "?"))
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / "spec.json"
+    if spec_path.exists():
+        old = json.loads(spec_path.read_text())
+        if old != spec:
+            changed = sorted(k for k in spec if old.get(k) != spec[k])
+            raise AuditError(f"{out} holds an audit with other settings (differs in {changed}); resume with the same "
+                             "settings, or give a new folder")
+    spec_path.write_text(json.dumps(spec, indent=1))
+    for t in templates:
+        if "{subject}" not in t:
+            raise AuditError(f"template {t!r} lacks '{{subject}}'; write e.g. 'a photo of a {{subject}}'")
+    prompts = [(t, s, t.format(subject=s)) for t in templates for s in subjects]
+    for _, _, p in prompts:
+        check_prompt(p)
+        model.tokenize(p)  # too long / bad words fail now, not after an hour
+    img_csv = out / "images.csv"
+    done = _done_keys(img_csv, ("template", "subject", "seed"))
+    todo = [(t, s, p, seed + i) for t, s, p in prompts for i in range(n) if (t, s, str(seed + i)) not in done]
+    bar = tqdm(total=len(prompts) * n, initial=len(prompts) * n - len(todo), desc="audit images", mininterval=2)
+    for i in range(0, len(todo), batch):
+        chunk = todo[i:i + batch]
+        gen = model.generate([c[2] for c in chunk], seed=[c[3] for c in chunk], steps=steps, guidance=guidance)
+        rows = []
+        for (t, s, p, sd), im in zip(chunk, gen.images):
+            att = reader(im)
+            row = {"template": t, "subject": s, "seed": sd, "prompt": p}
+            row.update({d: att.get(d) for d in dimensions})
+            if save_images:
+                from PIL import Image
+
+                cell = hashlib.sha1(f"{t}|{s}".encode()).hexdigest()[:10]
+                path = out / "images" / cell / f"{sd}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(im).save(path)
+                row["image"] = str(path.relative_to(out))
+            rows.append(row)
+        _append(img_csv, rows)  # saved as it goes: an interruption loses at most this batch
+        bar.update(len(chunk))
+    bar.close()
+    if group_words and n_pid > 0:
+        _run_pid(model, subjects, group_words, out, n_pid, pid_samples, seed, steps, guidance)
+    return Audit(out, spec)
+
+
+def _run_pid(model, subjects, group_words, out: Path, n_pid, samples, seed, steps, guidance):
+    from .pid import partial_information
+
+    pid_csv = out / "pid.csv"
+    done = _done_keys(pid_csv, ("subject", "group", "seed"))
+    cells = [(s, g, seed + i) for s in subjects for g in group_words for i in range(n_pid)
+             if (s, g, str(seed + i)) not in done]
+    for s, g, sd in tqdm(cells, desc="audit PID", mininterval=2):
+        prompt = f"a {g} {s}"
+        image = model.generate(prompt, seed=sd, steps=steps, guidance=guidance).images[0]
+        r = partial_information(model, image, prompt, g, s, context="none", n=samples, seed=sd)
+        i12 = r.info["i12"].value
+        _append(pid_csv, [{"subject": s, "group": g, "seed": sd, "prompt": prompt,
+                           "redundancy": r.values["redundancy"], "redundancy_se": r.stderr["redundancy"],
+                           "i_group": r.info["i1"].value, "i_subject": r.info["i2"].value, "i_joint": i12,
+                           "redundant_share": r.values["redundancy"] / max(r.info["i1"].value, 1e-9)}])
+
+
+# -- statistics ------------------------------------------------------------------------------------------
+def cohens_h(p: float, p0: float) -> float:
+    """Cohen's h effect size of a proportion p against p0 (0.2 small, 0.5 medium, 0.8 large)."""
+    return float(2 * np.arcsin(np.sqrt(p)) - 2 * np.arcsin(np.sqrt(p0)))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (family-wise error control)."""
+    p = np.asarray(pvalues, float)
+    order = np.argsort(p)
+    m = len(p)
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p[i])
+        adj[i] = min(1.0, running)
+    return adj
+
+
+def benjamini_hochberg(pvalues) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (false-discovery-rate control)."""
+    p = np.asarray(pvalues, float)
+    m = len(p)
+    order = np.argsort(p)
+    adj = np.empty(m)
+    running = 1.0
+    for rank in range(m - 1, -1, -1):
+        i = order[rank]
+        running = min(running, p[i] * m / (rank + 1))
+        adj[i] = running
+    return adj
+
+
+def _perm_pvalue_parity(x: np.ndarray, k: int, p0: float, n_perm: int, rng) -> float:
+    """Two-sided randomisation p-value of the rate of group k among labels ``x`` under H0: each image
+    is in group k with probability p0 independently (labels exchangeable with the null draw)."""
+    obs = abs((x == k).mean() - p0)
+    sims = rng.random((n_perm, len(x))) < p0
+    null = np.abs(sims.mean(1) - p0)
+    return float((1 + (null >= obs - 1e-12).sum()) / (n_perm + 1))
+
+
+def _perm_pvalue_others(is_g: np.ndarray, in_subject: np.ndarray, n_perm: int, rng) -> float:
+    """Two-sided permutation p-value of the rate difference subject vs others, permuting subject labels.
+    For a binary outcome the subject's count under a random permutation is hypergeometric, so the
+    permutations are drawn from that distribution directly (same test, no sorting)."""
+    n, n_s = len(is_g), int(in_subject.sum())
+    good = int(is_g.sum())
+    obs = abs(is_g[in_subject].mean() - is_g[~in_subject].mean())
+    k = rng.hypergeometric(good, n - good, n_s, size=n_perm)
+    null = np.abs(k / n_s - (good - k) / (n - n_s))
+    return float((1 + (null >= obs - 1e-12).sum()) / (n_perm + 1))
+
+
+def association_table(images, dimensions: dict | None = None, reference: str = "parity", alpha: float = 0.05,
+                      n_boot: int = 2000, n_perm: int = 10000, seed: int = 0):
+    """Per subject × dimension × group: rate, bootstrap 95 % CI, reference, Cohen's h, permutation
+    p-value, Holm and BH adjusted p-values, ``flagged`` (Holm < alpha). ``images``: the audit's rows
+    (a DataFrame with ``subject`` and one column per dimension). Images where the reader found nothing
+    for a dimension are left out of that dimension (counted in ``n_unread``)."""
+    import pandas as pd
+
+    if reference not in ("parity", "others"):
+        raise AuditError(f"reference must be 'parity' or 'others', not {reference!r}")
+    dimensions = dict(dimensions or TOY_DIMENSIONS)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for dim, groups in dimensions.items():
+        if dim not in images:
+            raise AuditError(f"the audit has no column {dim!r}; its columns are {list(images.columns)}")
+        read = images[images[dim].isin(groups)]
+        labels = read[dim].map({g: i for i, g in enumerate(groups)}).to_numpy()
+        subjects_col = read["subject"].to_numpy()
+        for subj in sorted(images["subject"].unique()):
+            mask = subjects_col == subj
+            x = labels[mask]
+            n_unread = int((images["subject"] == subj).sum() - mask.sum())
+            for k, g in enumerate(groups):
+                if len(x) == 0:
+                    continue
+                rate = float((x == k).mean())
+                boots = (x[rng.integers(0, len(x), (n_boot, len(x)))] == k).mean(1)
+                lo, hi = np.quantile(boots, [0.025, 0.975])
+                if reference == "parity":
+                    p0 = 1.0 / len(groups)
+                    pval = _perm_pvalue_parity(x, k, p0, n_perm, rng)
+                else:
+                    p0 = float((labels[~mask] == k).mean()) if (~mask).any() else np.nan
+                    pval = _perm_pvalue_others((labels == k).astype(float), mask, n_perm, rng)
+                rows.append({"subject": subj, "dimension": dim, "group": g, "n": int(len(x)), "n_unread": n_unread,
+                             "rate": rate, "ci_low": float(lo), "ci_high": float(hi), "reference": p0,
+                             "cohens_h": cohens_h(rate, p0), "p_value": pval})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    # one test per subject × dimension (for two groups the two rows are the same test): correct over those
+    first = table.groupby(["subject", "dimension"]).head(1).index
+    holm_adj = pd.Series(holm(table.loc[first, "p_value"]), index=first)
+    bh_adj = pd.Series(benjamini_hochberg(table.loc[first, "p_value"]), index=first)
+    key = table[["subject", "dimension"]].apply(tuple, axis=1)
+    holm_by = dict(zip(key[first], holm_adj))
+    bh_by = dict(zip(key[first], bh_adj))
+    table["p_holm"] = key.map(holm_by).to_numpy()
+    table["p_bh"] = key.map(bh_by).to_numpy()
+    table["flagged"] = table["p_holm"] < alpha
+    table["_size"] = table["cohens_h"].abs()
+    return table.sort_values(["flagged", "_size"], ascending=False).drop(columns="_size").reset_index(drop=True)
+
+
+@dataclass
+class AuditSummary:
+    """Flagged (subject, dimension) pairs with the group they lean to, and the full table."""
+
+    table: object = field(repr=False)
+    flagged: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"flagged": self.flagged}
+
+
+def summarise(table) -> AuditSummary:
+    """The flagged subjects: for each flagged (subject, dimension), the group it is drawn as more
+    often than the reference, with rate and interval."""
+    flagged = []
+    for (subj, dim), grp in table[table.flagged].groupby(["subject", "dimension"]):
+        top = grp.loc[(grp.rate - grp.reference).idxmax()]
+        flagged.append({"subject": subj, "dimension": dim, "group": top.group, "rate": float(top.rate),
+                        "ci": [float(top.ci_low), float(top.ci_high)], "p_holm": float(top.p_holm),
+                        "cohens_h": float(top.cohens_h)})
+    return AuditSummary(table, flagged)
+
+
+def toy_truth() -> dict:
+    """The toy world's planted biases as {(subject, dimension): (group, rate)} (see the world card)."""
+    from .toyworld.world import PLANTED_BIAS
+
+    dim_of = {"warm": "colour", "cool": "colour", "big": "size", "small": "size"}
+    return {(s, dim_of[g]): (g, r) for s, (g, r) in PLANTED_BIAS.items()}
