@@ -316,3 +316,42 @@ def emergence_figure(curves: dict, settled_table, title: str = ""):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def bias_heatmap(table, dimension: str, title: str = ""):
+    """seaborn heat map, subjects × groups of one dimension: rate minus the reference rate (signed
+    percentage points), flagged cells marked with *."""
+    import seaborn as sns
+
+    t = table[table.dimension == dimension].copy()
+    t["excess"] = 100 * (t.rate - t.reference)
+    grid = t.pivot(index="subject", columns="group", values="excess")
+    marks = t.pivot(index="subject", columns="group", values="flagged").reindex_like(grid)
+    labels = grid.round(0).astype(int).astype(str) + np.where(marks.to_numpy(dtype=bool), "*", "")
+    fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 2.4, 0.32 * grid.shape[0] + 1.4))
+    lim = max(5.0, float(np.nanmax(np.abs(grid.to_numpy()))))
+    sns.heatmap(grid, annot=labels, fmt="", cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, ax=ax,
+                cbar_kws={"label": "rate − reference (points)"})
+    ax.set_title(title or f"{dimension}: how much more often each group is drawn (* flagged, Holm)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def forest_plot(table, dimension: str, group: str, title: str = ""):
+    """Rate of ``group`` per subject with its bootstrap 95 % interval, the reference rate, flagged
+    subjects in red; subjects sorted by rate."""
+    t = table[(table.dimension == dimension) & (table.group == group)].sort_values("rate")
+    fig, ax = plt.subplots(figsize=(5.0, 0.28 * len(t) + 1.2))
+    y = np.arange(len(t))
+    colours = np.where(t.flagged, "crimson", "#4C72B0")
+    ax.errorbar(t.rate, y, xerr=[t.rate - t.ci_low, t.ci_high - t.rate], fmt="none", ecolor=colours, capsize=3)
+    ax.scatter(t.rate, y, c=colours, zorder=3, s=18)
+    ax.scatter(t.reference, y, marker="|", color="0.3", s=60, label="reference")
+    ax.set_yticks(y)
+    ax.set_yticklabels(t.subject, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"share drawn as '{group}' (95 % bootstrap interval)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title or f"{dimension} = {group} by subject (red: flagged after Holm correction)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -139,3 +139,32 @@ def step_scrubber(trace, word: str | None = None, step: int | None = None):
                                     continuous_update=True),
                 "word": w.Dropdown(options=trace.words, value=word, description="word")}
     return _show(draw, controls, {"step": step, "word": word})
+
+
+def audit_table_explorer(table, columns=("subject", "dimension", "group", "n", "rate", "ci_low", "ci_high",
+                                         "reference", "cohens_h", "p_value", "p_holm", "flagged")):
+    """Filter (dimension, flagged only) and sort (by any column) an audit's association table."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    cols = [c for c in columns if c in table.columns]
+    dims = ["all"] + sorted(table.dimension.unique())
+
+    def draw(dimension, flagged_only, sort_by, descending):
+        t = table if dimension == "all" else table[table.dimension == dimension]
+        if flagged_only:
+            t = t[t.flagged]
+        display(t.sort_values(sort_by, ascending=not descending)[cols].round(3).reset_index(drop=True))
+
+    controls = {"dimension": w.Dropdown(options=dims, value="all", description="dimension"),
+                "flagged_only": w.Checkbox(value=False, description="flagged only"),
+                "sort_by": w.Dropdown(options=cols, value="p_holm" if "p_holm" in cols else cols[0], description="sort by"),
+                "descending": w.Checkbox(value=False, description="descending")}
+    defaults = {"dimension": "all", "flagged_only": False, "sort_by": controls["sort_by"].value, "descending": False}
+    if is_headless():
+        draw(**defaults)
+        return None
+    out = w.interactive_output(draw, controls)
+    box = w.VBox([w.HBox(list(controls.values())), out])
+    display(box)
+    return box
