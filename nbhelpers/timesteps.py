@@ -286,31 +286,38 @@ def unet_blocks(model) -> list[str]:
             + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))])
 
 
-def gradcam_saliency(model, tr: Trace, step: int, block: str | None = None) -> Saliency:
-    """DF-CAM at ``step``: Grad-CAM on UNet ``block`` (default: the last up block but one) for the
-    cosine similarity of the predicted clean latent to the final latent. Map (h, w), ≥ 0."""
+def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None = None) -> Saliency:
+    """DF-CAM at ``step``: Grad-CAM on UNet ``block`` (a name from :func:`unet_blocks`, or a list whose
+    min-max-normalised maps are averaged; default: the last up block but one) for the cosine
+    similarity of the predicted clean latent to the final latent. Map (h, w), ≥ 0."""
     step = _check_step(tr, step)
     names = unet_blocks(model)
-    block = block or names[-2]
-    if block not in names:
-        raise ValueError(f"unknown UNet block {block!r}; choose one of {names}")
-    module = dict(model.pipe.unet.named_modules())[block]
-    acts = []
-    handle = module.register_forward_hook(lambda m, i, o: acts.append(o[0] if isinstance(o, tuple) else o))
+    blocks = [block] if isinstance(block, str) else list(block or [names[-2]])
+    for b in blocks:
+        if b not in names:
+            raise ValueError(f"unknown UNet block {b!r}; choose one of {names}")
+    modules = dict(model.pipe.unet.named_modules())
+    acts: dict[str, torch.Tensor] = {}
+    handles = [modules[b].register_forward_hook(
+        lambda m, i, o, b=b: acts.__setitem__(b, o[0] if isinstance(o, tuple) else o)) for b in blocks]
     try:
         z = tr.latent(step)
         a = float(tr.logsnrs[step])
         e = model.eps(z, a, model.condition(tr.prompt), grad=True)
         x0 = model.pred_x0(z, a, e)
         score = _cosine_rows(x0, tr.generation.latents[:1].to(x0)).sum()
-        act = acts[-1]
-        (grad,) = torch.autograd.grad(score, act)
+        grads = torch.autograd.grad(score, [acts[b] for b in blocks])
     finally:
-        handle.remove()
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * act).sum(1, keepdim=True)).detach()
-    cam = torch.nn.functional.interpolate(cam, size=model.latent_shape[-2:], mode="bilinear", align_corners=False)
-    return Saliency(cam[0, 0].numpy(), step, a, "DF-CAM", dict(block=block))
+        for h in handles:
+            h.remove()
+    cams = []
+    for b, grad in zip(blocks, grads):
+        act = acts[b].detach()
+        cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(1, keepdim=True))
+        cam = torch.nn.functional.interpolate(cam, size=model.latent_shape[-2:], mode="bilinear", align_corners=False)
+        cam = cam[0, 0]
+        cams.append(cam / cam.max() if len(blocks) > 1 and cam.max() > 0 else cam)
+    return Saliency(torch.stack(cams).mean(0).numpy(), step, a, "DF-CAM", dict(block=blocks if len(blocks) > 1 else blocks[0]))
 
 
 # -- faithfulness -----------------------------------------------------------------------------------------

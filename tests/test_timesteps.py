@@ -136,6 +136,8 @@ def test_saliency_and_faithfulness_invariants(tiny_model):
         timesteps.rise_saliency(m, tr, 9)
     with pytest.raises(ValueError, match="unknown UNet block"):
         timesteps.gradcam_saliency(m, tr, 1, block="up_blocks.99")
+    both = timesteps.gradcam_saliency(m, tr, 2, block=["mid_block", "up_blocks.1"])
+    assert both.map.shape == cam.map.shape and both.map.max() <= 1 + 1e-6
     with pytest.raises(nbh_word_error()):
         timesteps.trace(m, "a red circle", words=["purple"], steps=2)
 
