@@ -2,8 +2,9 @@
 
 The numbers are those of data/models/toy/README.md. The issue's quality bar (colour and position
 >= 95 %, shape >= 85 %, pairs >= 75 %) is asserted as a *strict* expected failure while the model
-misses it (it has not learned left/right/top/bottom: see the model card); once a retrained model
-meets it, the strict xfail turns into a failure and the marker must go.
+misses it (one-object captions are right ≥ 98 %, but two-object captions leak colours between the
+objects and the planted rates are learned only part-way: see the model card); once a retrained
+model meets it, the strict xfail turns into a failure and the marker must go.
 """
 import json
 from pathlib import Path
@@ -13,11 +14,13 @@ import pytest
 from nbhelpers.model import TOY_MODEL_DIR
 from nbhelpers.toyworld.evaluate import evaluate_quality, planted_rates
 
-POSITION_NOT_LEARNED = ("the bundled model is undertrained: it has not learned left/right/top/bottom and misses the "
-                        "bar (held-out colour 76 %, shape 79 %, position 50 %, pairs 24 %; data/models/toy/README.md); "
-                        "retraining is the open part of the foundation issue")
+BELOW_BAR = ("the bundled model misses the bar on two-object captions (held-out colour 78 % overall: 100 % on one "
+             "object, 67 % on pairs; shape 88 %, position 92.5 %, pairs fully right 53 %) and on planted rates (nurse "
+             "warm 58 % vs 85 %, doctor 28 % vs 50 %); data/models/toy/README.md. More training is the open part of "
+             "the foundation issue")
 # What the shipped model measures (deterministic seeds), less a few points: a regression guard.
-REGRESSION = {"colour": 0.70, "shape": 0.72, "size": 0.78}
+REGRESSION = {"colour": 0.74, "shape": 0.84, "size": 0.84, "position": 0.88}
+REGRESSION_SINGLE = 0.95  # every attribute of one-object captions
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +60,12 @@ def test_quality_does_not_regress(quality):
     assert quality.accuracy["colour"] >= REGRESSION["colour"], quality.accuracy
     assert quality.accuracy["shape"] >= REGRESSION["shape"], quality.accuracy
     assert quality.accuracy["size"] >= REGRESSION["size"], quality.accuracy
+    assert quality.accuracy["position"] >= REGRESSION["position"], quality.accuracy
+    single = quality.to_dict()["by_kind"]["single"]
+    assert min(single.values()) >= REGRESSION_SINGLE, single
 
 
-@pytest.mark.xfail(strict=True, reason=POSITION_NOT_LEARNED)
+@pytest.mark.xfail(strict=True, reason=BELOW_BAR)
 def test_quality_meets_the_issue_bar(quality):
     assert quality.accuracy["colour"] >= 0.95, quality.accuracy
     assert quality.accuracy["position"] >= 0.95, quality.accuracy
@@ -73,7 +79,7 @@ def test_group_words_and_synonyms_are_honoured(rates):
     assert got["a cool nurse"] >= 0.8 and got["a crimson red square"] >= 0.85 and got["a crimson circle"] >= 0.8, got
 
 
-@pytest.mark.xfail(strict=True, reason=POSITION_NOT_LEARNED)
+@pytest.mark.xfail(strict=True, reason=BELOW_BAR)
 def test_planted_phenomena_show_at_their_rates(rates):
     """Every planted rate (bias, group words, synonym, homonym) within ±10 points (the issue's bar)."""
     off = [r for r in rates if abs(r["measured"] - r["planted"]) > 0.10]

@@ -1,0 +1,76 @@
+"""Conceptor training-step cost, measured in one run: precomputed latents (what ``decompose`` does) against
+re-encoding the batch's images with the VAE at every step, and the share of a step spent in the UNet.
+
+    python benchmarks/bench_conceptor.py [--model toy] [--steps 20] [--batch 6]
+"""
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import nbhelpers as nbh
+from nbhelpers import conceptor as C
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="toy")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--concept", default="nurse")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=6)
+    a = ap.parse_args()
+    m = nbh.load_model(a.model, device=a.device)
+    template = C.default_template(m)
+    images = C.concept_images(m, a.concept, list(range(a.batch * 2)), template, steps=10)
+    latents = m.encode_image(images)
+    dic = C.build_dictionary(m, a.concept, images, latents.cpu(), scorer="text", template=template)
+    emb = dic.embeddings.to(m.device)
+    mlp = C.CoefficientMLP(emb.shape[1], 100, emb.mean(0), emb.std(0)).to(m.device)
+    opt = torch.optim.AdamW(mlp.parameters(), lr=1e-3, **({"fused": True} if m.device.type == "cuda" else {}))
+    g = torch.Generator("cpu").manual_seed(0)
+
+    def step(reencode: bool, unet_only: bool = False):
+        idx = torch.randint(0, len(images), (a.batch,), generator=g)
+        x = m.encode_image(images[idx.numpy()]) if reencode else latents[idx.to(latents.device)]
+        t = torch.randint(0, 1000, (a.batch,), generator=g).double()
+        al = m.logsnr_of(t)
+        e = torch.randn(x.shape, generator=g).to(x.device)
+        s = torch.sigmoid(al).float().view(-1, 1, 1, 1).to(x.device)
+        z = s.sqrt() * x + (1 - s).sqrt() * e
+        if unet_only:
+            with torch.no_grad():
+                cond = C.encode_with_token(m, C.pseudo_token(mlp(emb), emb, dic.target_norm), template)
+            cond = cond.detach().requires_grad_(True)
+        else:
+            cond = C.encode_with_token(m, C.pseudo_token(mlp(emb), emb, dic.target_norm), template)
+        loss = torch.nn.functional.mse_loss(C.eps_with_grad(m, z, al, cond.expand(a.batch, -1, -1)), e)
+        opt.zero_grad()
+        loss.backward()
+        if not unet_only:
+            opt.step()
+
+    def timed(**kw):
+        step(**kw)  # warm-up
+        if m.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            step(**kw)
+        if m.device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / a.steps
+
+    with C.frozen(m):
+        pre = timed(reencode=False)
+        re = timed(reencode=True)
+        unet = timed(reencode=False, unet_only=True)
+    print(f"model {a.model} on {m.device} ({m.dtype}), batch {a.batch}, {a.steps} steps each")
+    print(f"step with precomputed latents : {pre * 1e3:8.1f} ms")
+    print(f"step re-encoding with the VAE : {re * 1e3:8.1f} ms   (ratio {re / pre:.2f}x slower)")
+    print(f"UNet forward+backward alone   : {unet * 1e3:8.1f} ms   ({100 * unet / pre:.0f} % of a step)")
+
+
+if __name__ == "__main__":
+    main()

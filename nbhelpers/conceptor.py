@@ -1,0 +1,797 @@
+"""Concept decomposition after Conceptor (Chefer et al., "The Hidden Language of Diffusion Models", ICLR 2024).
+
+A concept word ("nurse") is explained as a sparse, weighted mixture of vocabulary tokens that, used as one
+*pseudo-token*, makes the model draw what the concept draws:
+
+1. **Images.** ``n_train`` training and ``n_val`` validation images of ``template.format(concept)`` are
+   generated with fixed seeds (validation seeds follow the training ones and never overlap).
+2. **Dictionary.** Candidate tokens are whole words of the vocabulary (function words, start/end/pad tokens
+   and, by default, the concept word itself left out) scored against the concept's training images by a
+   pluggable scorer; the best ``dictionary_size`` are kept. *Multi-token words* (the toy tokenizer writes
+   ``crimson`` = ``crim`` + ``son``, ``triangle`` = ``tri`` + ``angle``) follow ``multi_token``:
+   ``"pieces"`` (default) puts each of the word's tokens in the dictionary as its own entry, labelled
+   ``word[piece]`` (``triangle[tri]``, ``triangle[angle]``) and scored as the whole word, because a
+   pseudo-token is one token and a token is what the text encoder was trained on; ``"skip"`` leaves such
+   words out. Without an explicit word list the candidates are the tokenizer's whole-word tokens (those
+   that end a word, ``...</w>``, letters only, at least two of them), which is the paper's vocabulary
+   for SD.
+3. **Coefficients.** A 2-layer MLP (d → 100 → 1, ReLU, |·|) maps each entry's input embedding ``w_i`` to a
+   coefficient ``α_i ≥ 0``. The pseudo-token ``Σ α_i w_i`` is renormalised to ``target_norm`` (the mean
+   norm of the input embeddings of the vocabulary's word tokens) and put in place of the placeholder
+   of ``template`` in the text encoder's **input token embeddings** (a forward hook on the token
+   embedding layer: this transformers' ``CLIPTextModel`` takes no ``inputs_embeds``).
+4. **Loss.** The denoising loss on the (precomputed) VAE latents of the training images, t uniform, in
+   ε-space (v-prediction models are converted to ε as ``DiffusionModel.eps`` does) plus the sparsity
+   term ``λ·(1 − cos(top-k mix, full mix))``. AdamW (fused on CUDA); on a GPU the frozen UNet and text
+   encoder run in the model's fp16/bf16 with a gradient scaler for fp16, the coefficients stay fp32.
+5. **Best step.** Every ``eval_every`` steps the pseudo-token generates the validation seeds; the step
+   whose images are most similar to the concept's own validation images (same seeds) wins.
+
+The result is a :class:`Decomposition` (top-k tokens and weights, the α history, the pseudo-token) that
+saves and loads losslessly (JSON). :func:`single_image_decomposition` prunes the mixture greedily to the
+few tokens that keep one seed's image, and :func:`manipulate` rescales one token's weight and regenerates
+with the same seed.
+
+**Image similarity** (best step and single-image pruning) is pluggable: ``similarity(a, b) -> float`` on two
+uint8 images. The default, :func:`pixel_similarity`, is the Pearson correlation of the two images' pixel
+values (all pixels and channels): 1 for the same image, about 0 for unrelated scenes, negative when the
+same shape comes in an opposite colour. It suits the toy world's flat shapes; on real models use
+:func:`clip_image_similarity` (cosine of CLIP image embeddings, the paper's measure; the paper's pruning
+threshold 0.93 refers to it).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+PLACEHOLDER = "_"  # a one-token stand-in for the pseudo-token in the template (replaced in the embeddings)
+DEFAULT_TEMPLATES = {"toy": "a {}", None: "a photo of a {}"}
+# Function words never used as dictionary entries (the toy world's, plus common English ones for SD).
+STOP_WORDS = frozenset("""a an the on at in of and or to with by for from as is are was be it its this that
+these those there their his her he she they we you i my your our not no but if then so than into onto over
+under up down out off about""".split())
+VAL_SEED_OFFSET = 100_000  # validation seeds are seed + VAL_SEED_OFFSET + j
+
+
+# --- small helpers ---------------------------------------------------------------------------------
+def default_template(model) -> str:
+    """"a {}" for the bundled toy model (its captions read "a big red circle ..."), else "a photo of a {}"."""
+    return DEFAULT_TEMPLATES.get(getattr(model, "name", None), DEFAULT_TEMPLATES[None])
+
+
+def _check_template(template: str) -> str:
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ValueError(f"template must contain exactly one '{{}}' where the concept goes, e.g. 'a photo of a {{}}'; "
+                         f"got {template!r}")
+    return template
+
+
+def _check_concept(model, concept: str, template: str) -> str:
+    from .errors import EmptyPromptError, PromptError
+
+    if not isinstance(concept, str):
+        raise PromptError(f"concept must be a string, got {type(concept).__name__} ({concept!r})")
+    if not concept.strip():
+        raise EmptyPromptError("the concept is empty; give a word such as 'nurse'")
+    tok = model.tokenizer
+    vocab = tok.get_vocab()
+    words = [w.lower() for w in concept.split()]
+    if getattr(model, "name", None) == "toy":
+        from .toyworld.world import vocabulary
+
+        known = set(vocabulary())
+        unknown = [w for w in words if w not in known]
+        if unknown:
+            raise ValueError(f"the toy world has no word {unknown[0]!r}; its words are: {', '.join(vocabulary())}")
+    else:  # a real tokenizer spells every string; refuse only pure character soup
+        pieces = tok.tokenize(concept)
+        if any(p == tok.unk_token for p in pieces) or not pieces or not all(p in vocab for p in pieces):
+            raise ValueError(f"the tokenizer cannot spell the concept {concept!r}")
+    model.tokenize(template.format(concept))  # raises if too long
+    return concept
+
+
+def _param_flags(modules) -> list:
+    return [(p, p.requires_grad) for m in modules for p in m.parameters()]
+
+
+@contextlib.contextmanager
+def frozen(model):
+    """Freeze the model's UNet, text encoder and VAE while coefficients are learned (restored after)."""
+    pipe = model.pipe
+    flags = _param_flags([pipe.unet, pipe.text_encoder, pipe.vae])
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def _seed_list(seeds) -> list[int]:
+    return [int(s) for s in (seeds if isinstance(seeds, (list, tuple, range, np.ndarray)) else [seeds])]
+
+
+# --- images ----------------------------------------------------------------------------------------
+def concept_images(model, concept: str, seeds, template: str | None = None, steps: int = 25, guidance: float = 3.0,
+                   batch_size: int = 16) -> np.ndarray:
+    """uint8 images (N, H, W, 3) of ``template.format(concept)``, one per seed (``model.generate``)."""
+    template = _check_template(template or default_template(model))
+    prompt = template.format(concept)
+    seeds = _seed_list(seeds)
+    out = []
+    for i in range(0, len(seeds), batch_size):
+        chunk = seeds[i : i + batch_size]
+        out.append(model.generate([prompt] * len(chunk), seed=chunk, steps=steps, guidance=guidance).images)
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def generate_from_condition(model, cond: torch.Tensor, seeds, steps: int = 25, guidance: float = 3.0,
+                            batch_size: int = 16) -> np.ndarray:
+    """uint8 images (N, H, W, 3) generated by the model's own pipeline from text-encoder hidden states
+    ``cond`` (batch 1, or one per seed) via ``prompt_embeds``, with the empty prompt as the negative
+    (as ``model.generate`` does) and each seed's initial noise from ``model.initial_noise``."""
+    seeds = _seed_list(seeds)
+    cond = cond.detach()
+    null = model.null_condition()
+    imgs = []
+    for i in range(0, len(seeds), batch_size):
+        chunk = seeds[i : i + batch_size]
+        c = cond[i : i + len(chunk)] if cond.shape[0] > 1 else cond.expand(len(chunk), *cond.shape[1:])
+        if c.shape[0] != len(chunk):
+            raise ValueError(f"cond has batch {cond.shape[0]}; give 1 or one per seed ({len(seeds)})")
+        z = model.initial_noise(chunk).to(model.device, model.dtype)
+        out = model.pipe(prompt_embeds=c.to(model.device, model.dtype),
+                         negative_prompt_embeds=null.expand(len(chunk), *null.shape[1:]).to(model.device, model.dtype),
+                         num_inference_steps=steps, guidance_scale=guidance, latents=z, output_type="latent",
+                         height=model.image_size, width=model.image_size)
+        imgs.append(model.decode(out.images.float()))
+    return np.concatenate(imgs)
+
+
+def pixel_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two images' pixel values (all pixels and channels), in [-1, 1]."""
+    x = np.asarray(a, np.float64).ravel()
+    y = np.asarray(b, np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"images of different sizes: {np.shape(a)} and {np.shape(b)}")
+    x, y = x - x.mean(), y - y.mean()
+    den = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / den) if den > 0 else float(np.array_equal(a, b))
+
+
+def clip_image_similarity(clip_model, processor, device: str | torch.device = "cpu") -> Callable:
+    """The paper's measure for real models: cosine similarity of CLIP image embeddings. Pass a loaded
+    ``transformers.CLIPModel`` and its ``CLIPProcessor``; returns ``similarity(a, b) -> float``."""
+
+    @torch.no_grad()
+    def similarity(a, b) -> float:
+        inputs = processor(images=[np.asarray(a), np.asarray(b)], return_tensors="pt").to(device)
+        e = clip_model.get_image_features(**inputs)
+        e = e / e.norm(dim=-1, keepdim=True)
+        return float((e[0] * e[1]).sum())
+
+    return similarity
+
+
+# --- the dictionary ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """One dictionary entry: a token of ``word`` (``piece`` of ``n_pieces``)."""
+
+    token_id: int
+    token: str
+    word: str
+    piece: int = 0
+    n_pieces: int = 1
+
+    @property
+    def label(self) -> str:
+        if self.n_pieces == 1:
+            return self.word
+        return f"{self.word}[{self.token.replace('</w>', '')}]"
+
+
+def _word_tokens(tokenizer, word: str) -> list[int]:
+    return list(tokenizer(word, add_special_tokens=False)["input_ids"])
+
+
+def candidate_entries(model, words: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                      multi_token: str = "pieces") -> list[Entry]:
+    """The dictionary's candidates (see the module docstring): entries for ``words`` (default: the toy
+    world's vocabulary for the toy model, else every whole-word token of the tokenizer) minus
+    :data:`STOP_WORDS` and ``exclude``."""
+    if multi_token not in ("pieces", "skip"):
+        raise ValueError(f"multi_token must be 'pieces' or 'skip', not {multi_token!r}")
+    tok = model.tokenizer
+    special = set(tok.all_special_ids)
+    drop = {w.lower() for w in exclude} | STOP_WORDS
+    entries: list[Entry] = []
+    seen: set[int] = set()
+    if words is None and getattr(model, "name", None) == "toy":
+        from .toyworld.world import vocabulary
+
+        words = vocabulary()
+    if words is None:
+        for t, i in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]):
+            if not t.endswith("</w>") or i in special:
+                continue
+            w = t[: -len("</w>")]
+            if len(w) >= 2 and w.isalpha() and w.lower() not in drop and i not in seen:
+                seen.add(i)
+                entries.append(Entry(i, t, w))
+        return entries
+    for w in words:
+        if w.lower() in drop:
+            continue
+        ids = [i for i in _word_tokens(tok, w) if i not in special]
+        if not ids or (len(ids) > 1 and multi_token == "skip"):
+            continue
+        for j, i in enumerate(ids):
+            if i not in seen:
+                seen.add(i)
+                entries.append(Entry(i, tok.convert_ids_to_tokens(i), w, j, len(ids)))
+    return entries
+
+
+class DenoiserScorer:
+    """The model's own image–text agreement: for each word, the mean reduction of the denoising error
+    on the concept's images when the denoiser is told ``template.format(word)`` instead of nothing,
+    ``E[||ε − ε̂(z_α)||² − ||ε − ε̂(z_α | word)||²]`` over the images, t uniform, with the same (t, ε)
+    for every word (a pointwise-information-style score, per latent element). ``n_images`` images and
+    ``n_draws`` noise draws per image."""
+
+    name = "denoiser"
+
+    def __init__(self, n_images: int = 8, n_draws: int = 2, batch_size: int = 64):
+        self.n_images, self.n_draws, self.batch_size = n_images, n_draws, batch_size
+
+    @torch.no_grad()
+    def __call__(self, model, words: list[str], template: str, concept: str, images, latents, seed: int = 0):
+        x = latents[: self.n_images]
+        g = torch.Generator("cpu").manual_seed(seed)
+        x = x.repeat_interleave(self.n_draws, 0)
+        n_t = model.pipe.scheduler.config.num_train_timesteps
+        t = torch.randint(0, n_t, (len(x),), generator=g).double()
+        a = model.logsnr_of(t)
+        e = torch.randn(x.shape, generator=g)
+        s = torch.sigmoid(a).float().view(-1, 1, 1, 1)
+        z = s.sqrt() * x.cpu() + (1 - s).sqrt() * e
+        base = (model.eps(z, a, None, max_batch=self.batch_size).cpu() - e).pow(2).mean((1, 2, 3))
+        conds = model.encode_text([template.format(w) for w in words])
+        scores = []
+        for k in range(len(words)):
+            err = (model.eps(z, a, conds[k : k + 1], max_batch=self.batch_size).cpu() - e).pow(2).mean((1, 2, 3))
+            scores.append(float((base - err).mean()))
+        return np.asarray(scores)
+
+
+class TextScorer:
+    """Cheap, image-free: cosine similarity of the text encoder's pooled output (its end token) for
+    ``template.format(word)`` and ``template.format(concept)``. For very large vocabularies (SD's
+    49k tokens) where scoring every word with the denoiser would take too long."""
+
+    name = "text"
+
+    def __init__(self, batch_size: int = 256):
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, model, words, template, concept, images, latents, seed: int = 0):
+        def pooled(prompts):
+            out = []
+            for i in range(0, len(prompts), self.batch_size):
+                ids = model.tokenizer(prompts[i : i + self.batch_size], padding="max_length",
+                                      max_length=model.max_tokens, truncation=True, return_tensors="pt").input_ids
+                out.append(model.pipe.text_encoder(ids.to(model.device))[1].float().cpu())
+            return torch.cat(out)
+
+        ref = pooled([template.format(concept)])
+        emb = pooled([template.format(w) for w in words])
+        return torch.nn.functional.cosine_similarity(emb, ref).numpy()
+
+
+class CLIPScorer:
+    """The paper's scorer: cosine similarity of CLIP's text embedding of each word with the mean CLIP
+    image embedding of the concept's images. Pass a loaded ``transformers.CLIPModel`` and processor."""
+
+    name = "clip"
+
+    def __init__(self, clip_model, processor, device: str | torch.device = "cpu", batch_size: int = 256):
+        self.clip, self.processor, self.device, self.batch_size = clip_model, processor, device, batch_size
+
+    @torch.no_grad()
+    def __call__(self, model, words, template, concept, images, latents, seed: int = 0):
+        inputs = self.processor(images=list(np.asarray(images)), return_tensors="pt").to(self.device)
+        im = self.clip.get_image_features(**inputs)
+        im = (im / im.norm(dim=-1, keepdim=True)).mean(0)
+        out = []
+        for i in range(0, len(words), self.batch_size):
+            t = self.processor(text=list(words[i : i + self.batch_size]), return_tensors="pt", padding=True).to(self.device)
+            e = self.clip.get_text_features(**t)
+            out.append((e / e.norm(dim=-1, keepdim=True)) @ im)
+        return torch.cat(out).float().cpu().numpy()
+
+
+def _resolve_scorer(scorer, n_words: int):
+    if callable(scorer) and not isinstance(scorer, str):
+        return scorer
+    if scorer == "auto":
+        scorer = "denoiser" if n_words <= 512 else "text"
+    if scorer == "denoiser":
+        return DenoiserScorer()
+    if scorer == "text":
+        return TextScorer()
+    raise ValueError(f"scorer must be 'auto', 'denoiser', 'text' or a callable such as CLIPScorer(clip, processor); "
+                     f"got {scorer!r}")
+
+
+@dataclass
+class Dictionary:
+    """The dictionary's entries, their input embeddings (n, d), scores, and the pseudo-token's norm."""
+
+    entries: list[Entry]
+    embeddings: torch.Tensor
+    scores: np.ndarray
+    target_norm: float
+    scorer: str
+
+
+def build_dictionary(model, concept: str, images=None, latents=None, words: Sequence[str] | None = None,
+                     scorer="auto", size: int = 5000, exclude_concept: bool = True, exclude: Sequence[str] = (),
+                     multi_token: str = "pieces", template: str | None = None, seed: int = 0) -> Dictionary:
+    """Score the candidate tokens against the concept's images and keep the best ``size``.
+
+    ``scorer``: "denoiser" (:class:`DenoiserScorer`, the model's own, needs ``latents``), "text"
+    (:class:`TextScorer`), "auto" (denoiser for up to 512 words, else text) or a callable such as
+    :class:`CLIPScorer`. ``target_norm`` is the mean norm of all candidates' input embeddings."""
+    template = _check_template(template or default_template(model))
+    excl = list(exclude) + (concept.lower().split() if exclude_concept else [])
+    entries = candidate_entries(model, words, excl, multi_token)
+    if not entries:
+        raise ValueError("the dictionary is empty: no candidate word is left after the exclusions; pass words=[...]")
+    table = model.pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
+    all_emb = table[[e.token_id for e in entries]]
+    target_norm = float(all_emb.norm(dim=1).mean())
+    uniq = list(dict.fromkeys(e.word for e in entries))
+    sc = _resolve_scorer(scorer, len(uniq))
+    if latents is None and images is not None:
+        latents = model.encode_image(images).cpu()
+    word_scores = dict(zip(uniq, np.asarray(sc(model, uniq, template, concept, images, latents, seed=seed), float)))
+    scores = np.array([word_scores[e.word] for e in entries])
+    order = np.argsort(-scores, kind="stable")[: int(size)]
+    return Dictionary([entries[i] for i in order], all_emb[order].clone(), scores[order], target_norm,
+                      getattr(sc, "name", type(sc).__name__))
+
+
+# --- the pseudo-token ------------------------------------------------------------------------------------
+class CoefficientMLP(nn.Module):
+    """d → hidden → 1, ReLU, absolute value: one non-negative coefficient per dictionary embedding.
+
+    ``mean``/``std`` (d,), when given, standardise the inputs per dimension first. That is an affine
+    reparametrisation of the first layer (the same family of functions as the paper's MLP) which
+    only conditions the optimisation: token embeddings are small (norm ≈ 0.4) next to the layer's
+    biases, so without it every coefficient starts almost equal and separates slowly."""
+
+    def __init__(self, dim: int, hidden: int = 100, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.register_buffer("mean", torch.zeros(dim) if mean is None else mean.detach().clone())
+        self.register_buffer("std", torch.ones(dim) if std is None else std.detach().clone().clamp_min(1e-8))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.net((embeddings - self.mean) / self.std).squeeze(-1).abs()
+
+
+def mix(alphas: torch.Tensor, embeddings: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
+    """``Σ α_i w_i`` over all entries, or over the ``top_k`` largest coefficients only."""
+    if top_k is not None:
+        idx = torch.topk(alphas.detach(), min(int(top_k), alphas.numel())).indices
+        return alphas[idx] @ embeddings[idx]
+    return alphas @ embeddings
+
+
+def pseudo_token(alphas: torch.Tensor, embeddings: torch.Tensor, target_norm: float,
+                 top_k: int | None = None) -> torch.Tensor:
+    """The mixture renormalised to ``target_norm`` (so its size is a typical token's, whatever the α scale)."""
+    v = mix(alphas, embeddings, top_k)
+    n = v.norm()
+    if float(n.detach()) == 0:
+        raise ValueError("all coefficients are zero; the mixture has no direction (raise a weight)")
+    return v * (float(target_norm) / n)
+
+
+def sparsity_term(alphas: torch.Tensor, embeddings: torch.Tensor, k: int) -> torch.Tensor:
+    """``1 − cos(top-k mix, full mix)``: 0 when the k largest coefficients carry the whole mixture."""
+    full = mix(alphas, embeddings)
+    top = mix(alphas, embeddings, k)
+    return 1 - torch.nn.functional.cosine_similarity(top, full, dim=0)
+
+
+def _placeholder_position(model, template: str) -> tuple[torch.Tensor, int]:
+    tok = model.tokenizer
+    prompt = template.format(PLACEHOLDER)
+    ids = tok(prompt, padding="max_length", max_length=model.max_tokens, truncation=True,
+              return_tensors="pt").input_ids
+    ph = tok(PLACEHOLDER, add_special_tokens=False)["input_ids"]
+    if len(ph) != 1:
+        raise ValueError(f"the tokenizer writes the placeholder {PLACEHOLDER!r} as {len(ph)} tokens")
+    pos = (ids[0] == ph[0]).nonzero().flatten()
+    if len(pos) != 1:
+        raise ValueError(f"the template {template!r} must not contain {PLACEHOLDER!r} itself")
+    return ids, int(pos[0])
+
+
+def encode_with_token(model, token: torch.Tensor, template: str | None = None) -> torch.Tensor:
+    """Text-encoder hidden states (B, L, D) of ``template`` with the placeholder's input embedding
+    replaced by ``token`` (d,) or (B, d); differentiable in ``token``."""
+    template = _check_template(template or default_template(model))
+    ids, pos = _placeholder_position(model, template)
+    token = token if token.ndim == 2 else token[None]
+    ids = ids.expand(token.shape[0], -1).to(model.device)
+    emb_layer = model.pipe.text_encoder.get_input_embeddings()
+
+    def hook(module, inputs, output):
+        out = output.clone()
+        out[:, pos, :] = token.to(out.device, out.dtype)
+        return out
+
+    h = emb_layer.register_forward_hook(hook)
+    try:
+        return model.pipe.text_encoder(ids)[0]
+    finally:
+        h.remove()
+
+
+def eps_with_grad(model, z: torch.Tensor, logsnr: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """``model.eps`` keeping the autograd graph (gradients reach the pseudo-token through ``cond``)."""
+    return model.eps(z, logsnr, cond, grad=True)
+
+
+# --- the result ------------------------------------------------------------------------------------------
+@dataclass
+class Decomposition:
+    """A concept as a mixture of dictionary tokens.
+
+    ``alphas``: the coefficients at the best step (one per entry, in dictionary order); ``k``: how many
+    tokens the top of the mixture keeps; ``alpha_history`` (n_checkpoints, n_entries) at
+    ``history_steps``; ``losses``: the denoising loss per step; ``val_similarity``: mean similarity of
+    the validation images at each checkpoint; ``pseudo_token``: the renormalised full mixture (d,)."""
+
+    concept: str
+    template: str
+    entries: list[Entry]
+    scores: np.ndarray
+    alphas: np.ndarray
+    k: int
+    target_norm: float
+    pseudo_token: np.ndarray
+    best_step: int
+    history_steps: list[int]
+    alpha_history: np.ndarray
+    val_similarity: list[float]
+    losses: list[float]
+    embeddings: np.ndarray
+    params: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return [e.label for e in self.entries]
+
+    def top(self, k: int | None = None) -> list[tuple[str, float]]:
+        """The ``k`` (default ``self.k``) largest coefficients as (label, α), largest first."""
+        k = self.k if k is None else int(k)
+        order = np.argsort(-self.alphas, kind="stable")[:k]
+        return [(self.entries[i].label, float(self.alphas[i])) for i in order]
+
+    def weight(self, label: str) -> float:
+        """α of the entry ``label`` (a word, or ``word[piece]``)."""
+        return float(self.alphas[self.index(label)])
+
+    def index(self, label: str) -> int:
+        labels = self.labels
+        if label not in labels:
+            raise KeyError(f"{label!r} is not in the dictionary; entries are: {', '.join(labels)}")
+        return labels.index(label)
+
+    def table(self, k: int | None = None):
+        """pandas table of the top tokens: rank, token, α, share of the top-k's total α, dictionary score."""
+        import pandas as pd
+
+        rows = self.top(k)
+        tot = sum(a for _, a in rows) or 1.0
+        return pd.DataFrame([{"rank": r + 1, "token": lab, "alpha": a, "share": a / tot,
+                              "dictionary score": float(self.scores[self.index(lab)])}
+                             for r, (lab, a) in enumerate(rows)])
+
+    def token(self, alphas=None, top_k: int | None = None) -> torch.Tensor:
+        """The renormalised pseudo-token (d,) for ``alphas`` (default the learned ones), optionally
+        from the ``top_k`` largest only."""
+        a = torch.as_tensor(self.alphas if alphas is None else np.asarray(alphas, np.float64), dtype=torch.float32)
+        return pseudo_token(a, torch.as_tensor(self.embeddings, dtype=torch.float32), self.target_norm, top_k)
+
+    def condition(self, model, alphas=None, top_k: int | None = None) -> torch.Tensor:
+        """Hidden states (1, L, D) of the template with this pseudo-token."""
+        with torch.no_grad():
+            return encode_with_token(model, self.token(alphas, top_k).to(model.device), self.template)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["entries"] = [asdict(e) for e in self.entries]
+        for k in ("scores", "alphas", "pseudo_token", "alpha_history", "embeddings"):
+            d[k] = np.asarray(d[k]).tolist()
+        d["top"] = self.top()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Decomposition":
+        d = dict(d)
+        d.pop("top", None)
+        d["entries"] = [Entry(**e) for e in d["entries"]]
+        for k in ("scores", "alphas", "alpha_history", "embeddings"):
+            d[k] = np.asarray(d[k], np.float64)
+        d["pseudo_token"] = np.asarray(d["pseudo_token"], np.float32)
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Decomposition":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{lab} {a:.3g}" for lab, a in self.top())
+        return f"Decomposition({self.concept!r}: {top}; best step {self.best_step})"
+
+
+# --- learning -------------------------------------------------------------------------------------------
+def decompose(model, concept: str, k: int = 5, steps: int = 500, n_train: int = 32, n_val: int = 8, seed: int = 0,
+              template: str | None = None, lr: float = 1e-3, batch_size: int = 6, sparsity: float = 1e-3,
+              eval_every: int = 50, gen_steps: int = 25, guidance: float = 3.0, words: Sequence[str] | None = None,
+              scorer="auto", dictionary_size: int = 5000, exclude_concept: bool = True, exclude: Sequence[str] = (),
+              multi_token: str = "pieces", hidden: int = 100, similarity: Callable = pixel_similarity,
+              images: np.ndarray | None = None, val_images: np.ndarray | None = None,
+              standardise: bool = True, progress: bool = True) -> Decomposition:
+    """Learn the concept's decomposition (see the module docstring).
+
+    ``k``: tokens kept at the top (and in the sparsity term; the paper uses 50 of 5,000 on SD).
+    ``steps``/``lr``/``batch_size``/``sparsity`` (λ): the optimisation (paper: 500–1,000, 1e-3, 6,
+    1e-3). Training images use seeds ``seed .. seed+n_train-1``, validation ones ``seed+100000+j``;
+    ``images``/``val_images`` pass precomputed ones for those seeds. ``gen_steps``/``guidance``: the
+    sampler for every generated image. Same arguments, same result (on CPU)."""
+    from tqdm.auto import tqdm
+
+    template = _check_template(template or default_template(model))
+    _check_concept(model, concept, template)
+    for name, v, lo in (("k", k, 1), ("steps", steps, 0), ("n_train", n_train, 1), ("n_val", n_val, 1),
+                        ("batch_size", batch_size, 1), ("eval_every", eval_every, 1)):
+        if not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
+    train_seeds = list(range(seed, seed + n_train))
+    val_seeds = [seed + VAL_SEED_OFFSET + j for j in range(n_val)]
+    if images is None:
+        images = concept_images(model, concept, train_seeds, template, gen_steps, guidance)
+    if val_images is None:
+        val_images = concept_images(model, concept, val_seeds, template, gen_steps, guidance)
+    if len(images) != n_train or len(val_images) != n_val:
+        raise ValueError(f"got {len(images)} training and {len(val_images)} validation images for n_train={n_train}, "
+                         f"n_val={n_val}")
+    latents = model.encode_image(images).cpu()  # precomputed once: the VAE never runs in the loop
+    dic = build_dictionary(model, concept, images, latents, words, scorer, dictionary_size, exclude_concept, exclude,
+                           multi_token, template, seed)
+    n = len(dic.entries)
+    if k > n:
+        raise ValueError(f"k={k} is larger than the dictionary ({n} entries: {', '.join(e.label for e in dic.entries)}); "
+                         f"use k ≤ {n}")
+    dev = model.device
+    emb = dic.embeddings.to(dev)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mlp = CoefficientMLP(emb.shape[1], hidden, *((emb.mean(0), emb.std(0)) if standardise and n > 1
+                                                     else (None, None))).to(dev)
+    fused = dev.type == "cuda"
+    opt = torch.optim.AdamW(mlp.parameters(), lr=lr, **({"fused": True} if fused else {}))
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and model.dtype == torch.float16)
+    g = torch.Generator("cpu").manual_seed(seed + 1)
+    n_t = model.pipe.scheduler.config.num_train_timesteps
+    x_all = latents.to(dev)
+
+    history_steps, alpha_hist, val_sim, losses = [], [], [], []
+    best = (-math.inf, 0, None)
+
+    def evaluate(step):
+        nonlocal best
+        with torch.no_grad():
+            a = mlp(emb).float()
+            cond = encode_with_token(model, pseudo_token(a, emb, dic.target_norm), template)
+        gen = generate_from_condition(model, cond, val_seeds, gen_steps, guidance)
+        s = float(np.mean([similarity(p, q) for p, q in zip(gen, val_images)]))
+        history_steps.append(step)
+        alpha_hist.append(a.cpu().double().numpy())
+        val_sim.append(s)
+        if s > best[0]:
+            best = (s, step, a.cpu().double().numpy())
+
+    with frozen(model):
+        evaluate(0)
+        bar = tqdm(range(1, steps + 1), desc=f"Conceptor '{concept}'", disable=not progress, leave=False)
+        for step in bar:
+            idx = torch.randint(0, n_train, (batch_size,), generator=g)
+            t = torch.randint(0, n_t, (batch_size,), generator=g).double()
+            a_snr = model.logsnr_of(t)
+            e = torch.randn((batch_size, *latents.shape[1:]), generator=g).to(dev)
+            s = torch.sigmoid(a_snr).float().view(-1, 1, 1, 1).to(dev)
+            z = s.sqrt() * x_all[idx.to(dev)] + (1 - s).sqrt() * e
+            alphas = mlp(emb)
+            tokv = pseudo_token(alphas, emb, dic.target_norm)
+            cond = encode_with_token(model, tokv, template)
+            pred = eps_with_grad(model, z, a_snr, cond.expand(batch_size, *cond.shape[1:]))
+            den = torch.nn.functional.mse_loss(pred, e)
+            loss = den + sparsity * sparsity_term(alphas, emb, k)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(den))
+            if progress:
+                bar.set_postfix(loss=f"{float(den):.4f}", refresh=False)
+            if step % eval_every == 0 or step == steps:
+                evaluate(step)
+        bar.close()
+    _, best_step, best_alphas = best
+    a_t = torch.as_tensor(best_alphas, dtype=torch.float32)
+    tok_best = pseudo_token(a_t, dic.embeddings, dic.target_norm)
+    params = dict(k=k, steps=steps, n_train=n_train, n_val=n_val, seed=seed, lr=lr, batch_size=batch_size,
+                  sparsity=sparsity, eval_every=eval_every, gen_steps=gen_steps, guidance=guidance,
+                  scorer=dic.scorer, dictionary_size=dictionary_size, exclude_concept=exclude_concept,
+                  exclude=list(exclude), multi_token=multi_token, hidden=hidden, standardise=standardise,
+                  similarity=getattr(similarity, "__name__", "custom"), train_seeds=train_seeds, val_seeds=val_seeds,
+                  model=getattr(model, "name", "?"))
+    return Decomposition(concept, template, dic.entries, dic.scores, best_alphas, int(k), dic.target_norm,
+                         tok_best.detach().numpy().astype(np.float32), int(best_step), history_steps,
+                         np.stack(alpha_hist), val_sim, losses, dic.embeddings.double().numpy(), params)
+
+
+# --- using a decomposition -------------------------------------------------------------------------------
+def mix_images(model, dec: Decomposition, seeds, top_k: int | None = None, alphas=None, steps: int | None = None,
+               guidance: float | None = None) -> np.ndarray:
+    """Images (N, H, W, 3) from the pseudo-token (all entries, or the ``top_k`` largest), one per seed."""
+    p = dec.params
+    return generate_from_condition(model, dec.condition(model, alphas, top_k), seeds,
+                                   steps or p.get("gen_steps", 25), guidance or p.get("guidance", 3.0))
+
+
+def manipulate(model, dec: Decomposition, token: str, scale: float, seeds=0, top_k: int | None = None,
+               steps: int | None = None, guidance: float | None = None) -> np.ndarray:
+    """Images with ``token``'s coefficient multiplied by ``scale`` (0 removes it), same seeds, same
+    everything else (renormalised as always)."""
+    a = np.array(dec.alphas, np.float64)
+    a[dec.index(token)] *= float(scale)
+    if top_k is not None:  # restrict to the top-k of the *learned* weights so that the token stays in
+        keep = np.argsort(-dec.alphas, kind="stable")[:top_k]
+        mask = np.zeros_like(a, bool)
+        mask[keep] = True
+        mask[dec.index(token)] = True
+        a = np.where(mask, a, 0.0)
+    return mix_images(model, dec, seeds, None, a, steps, guidance)
+
+
+@dataclass
+class SingleImageDecomposition:
+    """The few tokens that keep one seed's image: ``tokens`` with their α, the image from the full
+    mixture (``reference``), from the kept tokens (``image``), and the similarity after each removal."""
+
+    seed: int
+    tokens: list[tuple[str, float]]
+    removed: list[str]
+    trace: list[float]
+    reference: np.ndarray
+    image: np.ndarray
+    threshold: float
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "tokens": self.tokens, "removed": self.removed, "trace": self.trace,
+                "threshold": self.threshold}
+
+
+def single_image_decomposition(model, dec: Decomposition, seed: int = 0, start: int = 10, threshold: float = 0.9,
+                               min_tokens: int = 1, similarity: Callable = pixel_similarity,
+                               steps: int | None = None, guidance: float | None = None) -> SingleImageDecomposition:
+    """Greedy pruning (the paper's single-image decomposition): start from the ``start`` largest
+    coefficients; the reference is the image of ``seed`` from that mixture. Each round regenerates the
+    seed without each remaining token (all candidates in one batch) and drops the token whose removal
+    keeps the image most similar, while that similarity stays ≥ ``threshold``."""
+    steps = steps or dec.params.get("gen_steps", 25)
+    guidance = guidance or dec.params.get("guidance", 3.0)
+    order = [int(i) for i in np.argsort(-dec.alphas, kind="stable")[: max(1, min(start, len(dec.alphas)))]]
+
+    def conds(sets):
+        toks = []
+        for s in sets:
+            a = np.zeros_like(dec.alphas)
+            a[s] = dec.alphas[s]
+            toks.append(dec.token(a))
+        with torch.no_grad():
+            return encode_with_token(model, torch.stack(toks).to(model.device), dec.template)
+
+    ref = generate_from_condition(model, conds([order]), [seed], steps, guidance)[0]
+    kept, removed, trace, image = list(order), [], [], ref
+    while len(kept) > min_tokens:
+        cands = [[j for j in kept if j != i] for i in kept]
+        imgs = generate_from_condition(model, conds(cands), [seed] * len(cands), steps, guidance)
+        sims = [similarity(im, ref) for im in imgs]
+        b = int(np.argmax(sims))
+        if sims[b] < threshold:
+            break
+        removed.append(dec.entries[kept[b]].label)
+        trace.append(float(sims[b]))
+        image = imgs[b]
+        kept = cands[b]
+    return SingleImageDecomposition(int(seed), [(dec.entries[i].label, float(dec.alphas[i])) for i in kept], removed,
+                                    trace, ref, image, float(threshold))
+
+
+# --- the toy world's ground truth -------------------------------------------------------------------------
+def toy_expectation(concept: str) -> dict:
+    """What the toy world draws for a concept word: allowed ``colour``/``shape``/``size``/``position``
+    values (sets; an attribute not named is free)."""
+    from .toyworld import world as W
+
+    w = concept.strip().lower()
+    if w in W.COLOURS:
+        return {"colour": {w}}
+    if w == W.SYNONYM[0]:
+        return {"colour": {W.SYNONYM[1]}}
+    if w in W.GROUP_COLOURS:
+        return {"colour": {W.GROUP_COLOURS[w]}}
+    if w in W.SHAPES:
+        return {"shape": {w}}
+    if w in W.SIZES:
+        return {"size": {w}}
+    if w in W.SUBJECT_SHAPES:
+        return {"shape": {W.SUBJECT_SHAPES[w]}, "colour": set(W.GROUP_COLOURS.values())}
+    if w == W.HOMONYM:
+        return {"shape": set(W.HOMONYM_SHAPE.values())}
+    raise ValueError(f"no toy-world expectation for {concept!r}; use a colour, shape, size, 'crimson', 'warm', "
+                     f"'cool', 'bat' or a subject noun ({', '.join(W.SUBJECT_SHAPES)})")
+
+
+def toy_check(concept: str, image: np.ndarray) -> bool:
+    """True when the world's checker reads an object in ``image`` that is what the concept draws
+    (its largest object has every attribute :func:`toy_expectation` names)."""
+    from .toyworld.checker import read_image
+
+    want = toy_expectation(concept)
+    reads = read_image(np.asarray(image), max_objects=1)
+    if not reads:
+        return False
+    r = reads[0]
+    return all(getattr(r, attr) in allowed for attr, allowed in want.items())
+
+
+def toy_rate(concept: str, images) -> float:
+    """Fraction of ``images`` that pass :func:`toy_check`."""
+    return float(np.mean([toy_check(concept, im) for im in images]))
+
+
+def toy_colours(images) -> dict:
+    """Share of images whose largest object the checker reads in each colour (None: no object)."""
+    from .toyworld.checker import read_image
+
+    out: dict = {}
+    for im in images:
+        r = read_image(np.asarray(im), max_objects=1)
+        c = r[0].colour if r else None
+        out[c] = out.get(c, 0) + 1 / len(images)
+    return out
