@@ -132,17 +132,4 @@ def token_sliders(model, dec, seeds=(0, 1, 2, 3), k: int | None = None, max_scal
 
     controls = {s: w.FloatSlider(value=1.0, min=0.0, max=max_scale, step=0.25, description=lab,
                                  continuous_update=False) for s, lab in keys.items()}
-    if not is_headless():
-        # the sliders side by side would overflow; _show lays controls in one row, so stack them here
-        import ipywidgets as widgets
-        from IPython.display import display
-
-        def _draw(**kw):
-            draw(**kw)
-            plt.show()
-
-        out = widgets.interactive_output(_draw, controls)
-        box = widgets.VBox([widgets.VBox(list(controls.values())), out])
-        display(box)
-        return box
-    return _show(draw, controls, {s: 1.0 for s in keys})
+    return _show(draw, controls, {s: 1.0 for s in keys}, vertical=True)  # many sliders: stacked

@@ -13,8 +13,9 @@ def is_headless() -> bool:
     return os.environ.get("NBHELPERS_HEADLESS", "0") == "1"
 
 
-def _show(draw, controls: dict, defaults: dict):
-    """Interactive controls around ``draw(**values)``; headless, one call with the defaults."""
+def _show(draw, controls: dict, defaults: dict, vertical: bool = False):
+    """Interactive controls around ``draw(**values)`` (in a row, or stacked with ``vertical``);
+    headless, one call with the defaults."""
     if is_headless():
         draw(**defaults)
         plt.show()
@@ -27,7 +28,8 @@ def _show(draw, controls: dict, defaults: dict):
         plt.show()
 
     out = w.interactive_output(_draw, controls)
-    box = w.VBox([w.HBox(list(controls.values())), out])
+    row = w.VBox if vertical else w.HBox
+    box = w.VBox([row(list(controls.values())), out])
     display(box)
     return box
 
