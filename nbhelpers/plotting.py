@@ -343,9 +343,12 @@ def forest_plot(table, dimension: str, group: str, title: str = ""):
     t = table[(table.dimension == dimension) & (table.group == group)].sort_values("rate")
     fig, ax = plt.subplots(figsize=(5.0, 0.28 * len(t) + 1.2))
     y = np.arange(len(t))
-    colours = np.where(t.flagged, "crimson", "#4C72B0")
-    ax.errorbar(t.rate, y, xerr=[t.rate - t.ci_low, t.ci_high - t.rate], fmt="none", ecolor=colours, capsize=3)
-    ax.scatter(t.rate, y, c=colours, zorder=3, s=18)
+    flagged = t.flagged.to_numpy(bool)
+    for sel, colour in ((~flagged, "#4C72B0"), (flagged, "crimson")):
+        if sel.any():
+            r = t[sel]
+            ax.errorbar(r.rate, y[sel], xerr=[(r.rate - r.ci_low).clip(lower=0), (r.ci_high - r.rate).clip(lower=0)],
+                        fmt="o", ms=4, color=colour, capsize=3)
     ax.scatter(t.reference, y, marker="|", color="0.3", s=60, label="reference")
     ax.set_yticks(y)
     ax.set_yticklabels(t.subject, fontsize=8)

@@ -394,12 +394,24 @@ def faithfulness(model, tr: Trace, saliency: Saliency, n_points: int = 11, n_ran
 
 # -- concept emergence ------------------------------------------------------------------------------------
 def toy_reader(image: np.ndarray) -> dict | None:
-    """The toy world's checker as a reader: attributes of the largest object, or None if none."""
+    """The toy world's checker as a reader: attributes of the largest object, or None if none.
+
+    Early predictions are blurry: an object's pixels are mixtures of its colour and the background,
+    and a mixed yellow is nearer green than yellow. So the colour is read by direction: the palette
+    colour c whose c − background points most nearly (cosine) along the blob's mean pixel −
+    background, which is invariant to how much background is mixed in."""
     from .toyworld.checker import read_image
+    from .toyworld.world import BACKGROUND, COLOURS
 
     r = read_image(image, max_objects=1)
-    return None if not r else {"colour": r[0].colour, "shape": r[0].shape, "size": r[0].size,
-                               "position": r[0].position}
+    if not r:
+        return None
+    bg = np.asarray(BACKGROUND, float)
+    d = np.asarray(image, float)[r[0].mask].mean(0) - bg
+    names = list(COLOURS)
+    dirs = np.array([np.asarray(COLOURS[k], float) - bg for k in names])
+    cos = dirs @ d / (np.linalg.norm(dirs, axis=1) * max(np.linalg.norm(d), 1e-9))
+    return {"colour": names[int(np.argmax(cos))], "shape": r[0].shape, "size": r[0].size, "position": r[0].position}
 
 
 @dataclass
@@ -447,11 +459,13 @@ class Emergence:
 
 
 def concept_emergence(model, prompts: list[str], seeds: list[int] | None = None, steps: int = 20,
-                      guidance: float = 3.0, reader=None, attributes=("colour", "position", "size", "shape"),
+                      guidance: float = 1.0, reader=None, attributes=("colour", "position", "size", "shape"),
                       batch: int = 32) -> Emergence:
     """Generate each prompt (one seed each), read every step's predicted clean image with
     ``reader(image) -> {attribute: value} or None`` (default: :func:`toy_reader`) and find when
-    each attribute settles on its final value."""
+    each attribute settles on its final value. The default ``guidance=1.0`` reads the model's own
+    conditional predictions; with guidance, early predictions are extrapolations (they decode to
+    distorted colours on the toy model)."""
     reader = reader or toy_reader
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     if len(seeds) != len(prompts):

@@ -30,9 +30,12 @@ def test_synonyms_are_redundant_and_unrelated_words_are_not(toy_model):
 
 def test_homonym_is_synergistic_with_its_context(toy_model):
     """'bat' with its position word ('top'/'bottom', which decides its shape) carries more synergy
-    than an unrelated pair of a shape word with its position word."""
+    beyond redundancy, S − R = i12 − i1 − i2 (the interaction information, the same under any PID),
+    than an unrelated pair of a shape word with its position word. (Raw I_min synergy is no test:
+    for two words that inform independently it equals min(i1, i2), the measure's known quirk, as in
+    the copy case of lesson 02.)"""
     rng = np.random.default_rng(1)
-    syn_bat, syn_other = [], []
+    inter_bat, inter_other = [], []
     for k in range(12):
         pos = "top" if k % 2 == 0 else "bottom"
         colour = list(world.COLOURS)[k % 5]
@@ -41,15 +44,15 @@ def test_homonym_is_synergistic_with_its_context(toy_model):
         r_bat = pid.partial_information(toy_model, bat.render(), bat.caption(), "bat", pos, n=24, seed=k)
         r_oth = pid.partial_information(toy_model, other.render(), other.caption(), other.objects[0].shape, pos,
                                         n=24, seed=k)
-        syn_bat.append(r_bat.values["synergy"])
-        syn_other.append(r_oth.values["synergy"])
-    print(np.round(syn_bat, 2), np.round(syn_other, 2))
-    assert np.mean(syn_bat) > np.mean(syn_other) + 0.2
-    assert np.mean(np.array(syn_bat) > np.array(syn_other)) > 0.5
+        inter_bat.append(r_bat.values["synergy"] - r_bat.values["redundancy"])
+        inter_other.append(r_oth.values["synergy"] - r_oth.values["redundancy"])
+    print(np.round(inter_bat, 2), np.round(inter_other, 2))
+    assert np.mean(inter_bat) > np.mean(inter_other) + 0.2
+    assert np.mean(np.array(inter_bat) > np.array(inter_other)) > 0.75
 
 
-@pytest.mark.xfail(strict=True, reason="with the undertrained bundled model (poor binding on pairs) 62 % of unique "
-                                       "maps fall on their own object; the bar is 90 % (data/models/toy/README.md)")
+@pytest.mark.xfail(strict=True, reason="with the bundled model (colours leak between the two objects of a pair) "
+                                       "81 % (13 of 16) of unique maps fall on their own object; the bar is 90 %")
 def test_unique_maps_fall_on_their_own_objects(toy_model):
     from nbhelpers.metrics import upsample
 

@@ -173,18 +173,29 @@ def test_emergence_settling_is_computed_from_the_readings(tiny_model, monkeypatc
 def emergence(toy_model):
     from nbhelpers.toyworld import world
 
-    scenes = [world.with_plain_red(s) for s in world.sample_scenes(50, seed=11, split="all", kind="single")]
-    return timesteps.concept_emergence(toy_model, [s.caption() for s in scenes], seeds=list(range(50)), steps=20)
+    scenes = [world.with_plain_red(s) for s in world.sample_scenes(100, seed=11, split="all", kind="single")]
+    return timesteps.concept_emergence(toy_model, [s.caption() for s in scenes], seeds=list(range(100)), steps=20,
+                                       guidance=1.0)
 
 
-def test_colour_and_position_settle_before_shape(emergence):
-    """Measured on 50 prompts: the paired difference (shape's settling step − colour's, and −
-    position's) is positive with its 95 % bootstrap interval above zero."""
+def test_position_and_size_settle_before_shape(emergence):
+    """Measured on 100 prompts (the model's own, unguided predictions): the paired difference
+    (shape's settling step − position's, − size's) has its 95 % bootstrap interval above zero."""
     print(emergence.mean_settled())
-    for early in ("colour", "position"):
+    for early in ("position", "size"):
         t = emergence.order_test(early, "shape")
         print(early, t)
         assert t["ci"][0] > 0, (early, t)
+
+
+@pytest.mark.xfail(strict=True, reason="measured on 100 prompts, unguided: colour settles at step 0.13 on average, shape "
+                   "at 0.47, difference +0.34 steps but 95 % CI (-0.04, 0.86): 90 % of images are tied at step 0 (the "
+                   "bundled model decides a lone object's colour, size and position in the first step). With guidance 3 "
+                   "the extrapolated early predictions decode to wrong colours and colour settles last")
+def test_colour_settles_before_shape(emergence):
+    t = emergence.order_test("colour", "shape")
+    print(t)
+    assert t["ci"][0] > 0, t
 
 
 @pytest.fixture(scope="module")
@@ -192,11 +203,21 @@ def overlap(toy_model):
     return timesteps.world_overlap_study(toy_model, n_images=10, seed=3, steps=20, n_masks=96, n_random=3)
 
 
-def test_attention_and_saliency_fall_on_the_object(overlap):
+def test_attention_falls_on_the_object(overlap):
     s = overlap.summary()
     print({k: (round(v["mean"], 3), tuple(round(c, 3) for c in v["ci"])) for k, v in s.items()})
     floor = s["auroc_random_map"]["ci"][1]
-    for key in ("auroc_attention_colour", "auroc_attention_noun", "auroc_rise"):
+    for key in ("auroc_attention_colour", "auroc_attention_noun"):
+        assert s[key]["ci"][0] > floor, (key, s[key], floor)
+
+
+@pytest.mark.xfail(strict=True, reason="measured on 10 images at step 15: DF-RISE AUROC 0.44 (CI 0.29-0.59), DF-CAM "
+                   "0.50, random map 0.50. DF-RISE's score (cosine of the whole predicted latent) is dominated by the "
+                   "background, which is most of a toy image; at steps 1-15 its maps lean to the background (0.33-0.40)")
+def test_saliency_falls_on_the_object(overlap):
+    s = overlap.summary()
+    floor = s["auroc_random_map"]["ci"][1]
+    for key in ("auroc_rise", "auroc_cam"):
         assert s[key]["ci"][0] > floor, (key, s[key], floor)
 
 

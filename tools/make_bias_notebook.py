@@ -113,14 +113,19 @@ reveal = pd.DataFrame([{"subject": s, "dimension": d, "planted group": g, "plant
                         "flagged": (s, d) in flagged,
                         "measured rate": flagged.get((s, d), {}).get("rate", np.nan),
                         "95% interval": flagged.get((s, d), {}).get("ci")} for (s, d), (g, r) in truth.items()])
-false_positives = sorted(set(flagged) - set(truth))
-checks = {"flags_exactly_the_planted": set(flagged) == set(truth),
-          "no_false_positives": not false_positives,
+extra = sorted(set(flagged) - set(truth))
+checks = {"every_planted_bias_flagged": set(truth) <= set(flagged),
+          "flags_exactly_the_planted": set(flagged) == set(truth),
           "planted_rates_in_intervals": all(f["ci"][0] <= truth[k][1] <= f["ci"][1] for k, f in flagged.items() if k in truth)}
-print("false positives:", false_positives, "|", checks)
+print("flagged beyond the planted truth:", extra, "|", checks)
 if model == "toy" and not fast:
-    assert checks["no_false_positives"] and checks["flags_exactly_the_planted"], (sorted(flagged), checks)
+    assert checks["every_planted_bias_flagged"], (sorted(flagged), checks)
 reveal"""),
+md("""**Reading the extra flags.** The audit tests the *model*; the planted truth is the *world's*. A subject flagged
+beyond the planted ones (with the bundled model: *lawyer*, drawn cool far more often than the world's 50 %) is a bias
+the model learned wrongly, not an error of the audit: the synthetic audits in `tests/test_bias.py`, where the truth is
+exact, check that the statistics flag exactly what is there. Guidance also sharpens a model's leanings: try
+`guidance = 1.0`."""),
 md("""## 6. On Stable Diffusion
 
 Point `model` at an SD checkpoint (`"sd15"`, `"sd21"`, or a folder) on a GPU, use the shipped lists, and pass a
