@@ -148,7 +148,7 @@ Images are 32×32 RGB; latents 4×16×16; log-SNR range of training {lo:.2f} to 
 - Why v: an earlier epsilon-prediction recipe (two phases, 3,500 steps) learned colours, shapes and sizes but placed
   objects at random. The epsilon loss sees a layout error scaled down by the SNR (≈ 0.005 at t = 999), and the position
   words carried ≈ 0.1 nats (lesson 01's estimator) where log 5 ≈ 1.6 is available.
-- Total wall time on this project's 2-core CPU machine: about {total_min:.0f} min ({threads} threads).
+- Total wall time on this project's 2-core CPU machine: about {total_min:.0f} min ({threads} threads).{history}
 - `make train-toy` reruns this recipe from scratch (resuming after an interruption) and rewrites this card.
 
 ## Measured quality (`python -m nbhelpers.toyworld.evaluate`, asserted by `tests/test_toy_model.py`)
@@ -200,7 +200,8 @@ def write_card(path, model, quality: QualityReport, rates: list[dict], n_rate: i
         text=log["parameters"]["text_encoder"], vocab=len(model.tokenizer), lo=lo, hi=hi, n_images=log["n_images"],
         vae_steps=log["vae_steps"], steps=log["denoiser_steps"], batch=log["batch"], vae_min=log["vae_seconds"] / 60,
         unet_min=log["denoiser_seconds"] / 60, threads=log["threads"],
-        total_min=(log["vae_seconds"] + log["denoiser_seconds"]) / 60, steps_eval=quality.params["steps"],
+        total_min=(log["vae_seconds"] + log["denoiser_seconds"]) / 60,
+        history=f" This run: {log['history']}." if log.get("history") else "", steps_eval=quality.params["steps"],
         guidance=quality.params["guidance"], n_captions=quality.n_captions, n_single=quality.n_captions - quality.n_pairs,
         n_pairs=quality.n_pairs, n_objects=quality.n_objects, colour=acc["colour"], position=acc["position"],
         shape=acc["shape"], size=acc["size"], pair=quality.pair_fully_correct, n_rate=n_rate, rate_rows=rows,
