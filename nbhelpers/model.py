@@ -386,13 +386,23 @@ class DiffusionModel:
 
     def generate(self, prompt: str | list[str] | None, seed: int | list[int] = 0, steps: int = 25,
                  guidance: float = 3.0, trajectory: bool = False, latents: torch.Tensor | None = None,
-                 negative_prompt: str | list[str] | None = None) -> Generation:
+                 negative_prompt: str | list[str] | None = None, cond: torch.Tensor | None = None) -> Generation:
         """Generate with the pipeline's own ``__call__``.
 
         ``prompt``: a caption, a list of captions, or None for unconditional samples. ``seed``: one
         per prompt or a single one (seeds ``seed, seed+1, ...``). ``trajectory=True`` records every
         step's latent, noise estimate and predicted clean latent (via ``callback_on_step_end`` and
-        the scheduler's step). Returns a :class:`Generation`."""
+        the scheduler's step). ``cond``: text-encoder hidden states (1 or one per seed) to generate from
+        instead of a prompt (e.g. a learned pseudo-token), with the empty prompt as the negative.
+        Returns a :class:`Generation`."""
+        if cond is not None:
+            seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed)]
+            if cond.shape[0] not in (1, len(seeds)):
+                raise ValueError(f"cond has batch {cond.shape[0]}; give 1 or one per seed ({len(seeds)})")
+            c = cond.detach().expand(len(seeds), *cond.shape[1:]) if cond.shape[0] == 1 else cond.detach()
+            null = self.null_condition().expand(len(seeds), *cond.shape[1:])
+            embeds = dict(prompt_embeds=c.to(self.device, self.dtype), negative_prompt_embeds=null.to(self.device, self.dtype))
+            return self._run_pipe(["<cond>"] * len(seeds), seeds, steps, guidance, trajectory, latents, embeds)
         if prompt is None:
             prompts = [""]
         else:
@@ -409,10 +419,15 @@ class DiffusionModel:
                 prompts = prompts * len(seeds)
             else:
                 raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt or one in all")
+        return self._run_pipe(prompts, seeds, steps, guidance, trajectory, latents,
+                              dict(prompt=prompts, negative_prompt=negative_prompt))
+
+    @torch.no_grad()
+    def _run_pipe(self, prompts, seeds, steps, guidance, trajectory, latents, text_args: dict) -> Generation:
         z = self.initial_noise(seeds) if latents is None else latents
         recorder = _TrajectoryRecorder(self) if trajectory else None
         with (recorder or contextlib.nullcontext()):
-            out = self.pipe(prompt=prompts, negative_prompt=negative_prompt, num_inference_steps=steps,
+            out = self.pipe(**text_args, num_inference_steps=steps,
                             guidance_scale=guidance, latents=z.to(self.device, self.dtype), output_type="latent",
                             height=self.image_size, width=self.image_size,
                             callback_on_step_end=recorder.on_step_end if recorder else None)
