@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .info import caption_scores
 from .metrics import wilson_interval
+from .cache import cached
 
 
 @dataclass
@@ -32,6 +33,7 @@ class CaptionStudy:
         return {"accuracy": self.accuracy(), "params": self.params}
 
 
+@cached("studies")
 def caption_scoring_study(model, scenes, images, n: int = 32, seed: int = 0, form: str = "orthogonal",
                           batch_size: int = 32) -> CaptionStudy:
     """For each pair scene and its image, score the true caption against its swapped versions."""

@@ -1,4 +1,5 @@
-"""The ``nbhelpers`` command: ``nbhelpers report ...`` (run notebooks into HTML reports)."""
+"""The ``nbhelpers`` command: ``nbhelpers report ...`` (run notebooks into HTML reports) and
+``nbhelpers cache info|clear`` (the on-disk result cache)."""
 from __future__ import annotations
 
 import sys
@@ -7,13 +8,19 @@ import sys
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: nbhelpers report [--out DIR] [--only NAME ...] [--fast] [--model NAME]")
+        print("usage: nbhelpers report [NOTEBOOK ...] [--config FILE.yaml] [-p NAME=VALUE ...] [--out DIR]\n"
+              "       nbhelpers cache info | clear [--kind KIND]\n"
+              "`nbhelpers report --help` and `nbhelpers cache --help` say more.")
         return 0
     if argv[0] == "report":
         from .report import main as report_main
 
         return report_main(argv[1:])
-    print(f"unknown command {argv[0]!r}; try `nbhelpers report --help`", file=sys.stderr)
+    if argv[0] == "cache":
+        from .cache import main as cache_main
+
+        return cache_main(argv[1:])
+    print(f"unknown command {argv[0]!r}; the commands are `nbhelpers report` and `nbhelpers cache`", file=sys.stderr)
     return 2
 
 

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from .metrics import pearson
+from .cache import cached
 
 PLACEHOLDER = "_"  # a one-token stand-in for the pseudo-token in the template (replaced in the embeddings)
 DEFAULT_TEMPLATES = {"toy": "a {}", None: "a photo of a {}"}
@@ -547,6 +548,7 @@ class Decomposition:
 
 
 # --- learning -------------------------------------------------------------------------------------------
+@cached("conceptor")
 def decompose(model, concept: str, k: int = 5, steps: int = 500, n_train: int = 32, n_val: int = 8, seed: int = 0,
               template: str | None = None, lr: float = 1e-3, batch_size: int = 6, sparsity: float = 1e-3,
               eval_every: int = 50, gen_steps: int = 25, guidance: float = 3.0, words: Sequence[str] | None = None,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .immse import FORMS, InfoResult, LogSNRSampler, information_terms, mi_curve  # noqa: F401
+from .cache import cached
 
 
 def as_latent(model, image) -> torch.Tensor:
@@ -53,6 +54,7 @@ class PromptInformation:
         return pd.DataFrame(rows)
 
 
+@cached("info")
 def prompt_information(model, image, prompt: str, words: list[str] | None = None, n: int = 64,
                        form: str = "orthogonal", seed: int = 0, policy: str = "delete", batch_size: int = 32,
                        sampler: LogSNRSampler | None = None, keep_map: bool = True) -> PromptInformation:
@@ -103,6 +105,7 @@ class CaptionScores:
         return int(np.argmax(self.values))
 
 
+@cached("info")
 def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "orthogonal", seed: int = 0,
                    batch_size: int = 32, sampler: LogSNRSampler | None = None) -> CaptionScores:
     """Score candidate captions of one image by i(x; caption); all captions share one noise draw, so

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .info import as_latent, prompt_information
 from .metrics import bootstrap_ci, pearson
+from .cache import cached
 
 
 def _ddim(model, inverse: bool, steps: int):
@@ -74,6 +75,7 @@ class InterventionResult:
         }
 
 
+@cached("studies")
 def intervention_study(model, images, prompts: list[str], words: list[str], n: int = 32, steps: int = 25,
                        seed: int = 0, policy: str = "delete") -> InterventionResult:
     """For each (image, prompt, word): invert with the prompt, regenerate with and without the word,

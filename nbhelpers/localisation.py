@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .attention import word_attention_maps
 from .info import prompt_information
 from .metrics import auroc, iou, minmax, upsample
+from .cache import cached
 
 METHODS = ("cmi", "mi", "attention", "attention+cmi", "whole image")
 THRESHOLDS = np.linspace(0.1, 0.5, 50)
@@ -77,6 +78,7 @@ def score_maps(maps: dict[str, np.ndarray], mask: np.ndarray) -> tuple[dict, dic
     return curves, aucs
 
 
+@cached("studies")
 def localisation_study(model, scenes, images: np.ndarray, masks: list[list[np.ndarray]], n: int = 32,
                        attention_n: int = 8, seed: int = 0, batch_size: int = 32) -> LocalisationResult:
     """Localise the object words of each pair scene in its image. ``masks[k][i]`` is object i's mask in
@@ -113,6 +115,7 @@ def world_pairs(n_images: int, seed: int = 0, split: str = "all"):
     return scenes, np.stack([s.render() for s in scenes]), [list(s.object_masks()) for s in scenes]
 
 
+@cached("studies")
 def generated_pairs(model, n_images: int, seed: int = 0, steps: int = 25, guidance: float = 3.0,
                     batch: int = 50, split: str = "all"):
     """Generate pair scenes and keep those the checker reads fully right; masks are the checker's blobs.

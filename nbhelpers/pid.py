@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .immse import InfoResult, LogSNRSampler, information_terms
+from .cache import cached
 
 TERMS = ("redundancy", "unique1", "unique2", "synergy")
 CONTEXTS = ("rest", "none")
@@ -130,6 +131,7 @@ def _weighted(r: InfoResult) -> np.ndarray:
     return np.asarray(r.gap) * LogSNRSampler.of(r).weight(r.logsnr).numpy()
 
 
+@cached("pid")
 def partial_information(model, image, prompt: str, word1: str, word2: str, context: str = "rest", n: int = 64,
                         form: str = "orthogonal", seed: int = 0, policy: str = "delete", batch_size: int = 32,
                         sampler: LogSNRSampler | None = None) -> PIDResult:

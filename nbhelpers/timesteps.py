@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .attention import AttentionStore, attention_probs_with_grad, capture_cross_attention
 from .errors import WordNotInPromptError
 from .metrics import ssim
+from .cache import cached
 
 
 # -- schedules ----------------------------------------------------------------------------------------
@@ -123,6 +124,7 @@ def _words_of(model, prompt: str, words) -> tuple[object, list[str]]:
     return tp, words
 
 
+@cached("timesteps")
 def trace(model, prompt: str, seed: int = 0, steps: int = 20, guidance: float = 3.0, words=None,
           budget_mb: float = 256.0) -> Trace:
     """Generate ``prompt`` with the pipeline's own sampler, recording every step (see :class:`Trace`).
@@ -170,6 +172,7 @@ class StepRelevance:
                 "attention": self.attention.tolist(), "influence": self.influence.tolist()}
 
 
+@cached("timesteps")
 def word_relevance(model, tr: Trace, steps: list[int] | None = None, layers: str | None = None,
                    max_batch: int = 64) -> StepRelevance:
     """Relevance of each traced word at each of ``steps`` (default: all) — see :class:`StepRelevance`.
@@ -251,6 +254,7 @@ def _cosine_rows(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+@cached("timesteps")
 def rise_saliency(model, tr: Trace, step: int, n_masks: int = 256, p: float = 0.5, cells: int = 4, seed: int = 0,
                   max_batch: int = 128) -> Saliency:
     """DF-RISE saliency at ``step`` (see the module docstring): ``n_masks`` random masks of
@@ -286,6 +290,7 @@ def unet_blocks(model) -> list[str]:
             + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))])
 
 
+@cached("timesteps")
 def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None = None) -> Saliency:
     """DF-CAM at ``step``: Grad-CAM on UNet ``block`` (a name from :func:`unet_blocks`, or a list whose
     min-max-normalised maps are averaged; default: the last up block but one) for the cosine
@@ -362,6 +367,7 @@ class Faithfulness:
 
 
 @torch.no_grad()
+@cached("timesteps")
 def faithfulness(model, tr: Trace, saliency: Saliency, n_points: int = 11, n_random: int = 4, seed: int = 0,
                  max_batch: int = 128) -> Faithfulness:
     """Insertion/deletion curves for ``saliency`` at its step (see :class:`Faithfulness`). Deleted
@@ -458,6 +464,7 @@ class Emergence:
                 "n_images": len(self.prompts)}
 
 
+@cached("timesteps")
 def concept_emergence(model, prompts: list[str], seeds: list[int] | None = None, steps: int = 20,
                       guidance: float = 1.0, reader=None, attributes=("colour", "position", "size", "shape"),
                       batch: int = 32) -> Emergence:
@@ -528,6 +535,7 @@ class OverlapStudy:
         return out
 
 
+@cached("timesteps")
 def world_overlap_study(model, n_images: int = 12, seed: int = 0, steps: int = 20, guidance: float = 3.0,
                         explain_step: int | None = None, n_masks: int = 128, n_random: int = 4) -> OverlapStudy:
     """On one-object toy-world prompts: trace each generation, take the colour and noun words'

@@ -8,6 +8,8 @@ import numpy as np
 
 import matplotlib.pyplot as plt
 
+from .cache import cached
+
 
 def is_headless() -> bool:
     return os.environ.get("NBHELPERS_HEADLESS", "0") == "1"
@@ -34,6 +36,12 @@ def _show(draw, controls: dict, defaults: dict, vertical: bool = False):
     return box
 
 
+@cached("generate")
+def explorer_image(model, prompt: str, seed: int, steps: int, guidance: float) -> np.ndarray:
+    """One generated image, uint8 (H, W, 3), cached on disk so that going back to a seed is instant."""
+    return model.generate(prompt, seed=seed, steps=steps, guidance=guidance).images[0]
+
+
 def prompt_explorer(model, prompt: str = "a big red circle on the left", seed: int = 0, steps: int = 25,
                     guidance: float = 3.0):
     """Type a prompt, pick a seed and a guidance scale, and see the generated image with what the
@@ -45,7 +53,7 @@ def prompt_explorer(model, prompt: str = "a big red circle on the left", seed: i
     def draw(prompt, seed, guidance):
         fig, ax = plt.subplots(figsize=(3, 3.3))
         try:
-            img = model.generate(prompt, seed=seed, steps=steps, guidance=guidance).images[0]
+            img = explorer_image(model, prompt, seed, steps, guidance)
         except ValueError as e:  # bad prompt: show the message instead of a traceback
             ax.text(0.5, 0.5, str(e), wrap=True, ha="center", va="center", fontsize=8)
             ax.axis("off")

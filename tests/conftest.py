@@ -6,6 +6,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Every test computes what it checks (tests/test_cache.py switches the cache on for itself).
+os.environ["NBHELPERS_CACHE"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -145,8 +145,19 @@ def encode_all(vae, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
+def kind_weights(scenes, weights: dict[str, float] | None) -> np.ndarray | None:
+    """Sampling probabilities over ``scenes`` that up-weight some scene kinds (``{"pair": 2.0}``).
+    Re-weighting whole kinds leaves every caption's image distribution unchanged (the kind is read off
+    the caption), so the denoiser's optimum is the same; it only spends more steps on the hard kinds."""
+    if not weights:
+        return None
+    w = np.array([weights.get(sc.kind, 1.0) for sc in scenes], dtype=float)
+    return w / w.sum()
+
+
 def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: float, batch: int, seed: int,
-                   log: dict, max_steps: int | None = None):
+                   log: dict, max_steps: int | None = None, extend_steps: int = 0, extend_lr: float = 3e-4,
+                   extend_kind_weights: dict[str, float] | None = None):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import EMAModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -188,11 +199,26 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
     gen = torch.Generator().manual_seed(seed + state["step"])
     step, total = state["step"], state["total"]
     seconds = state["seconds"]
+    # A second cosine cycle ("extension") continues a finished first one at a lower peak rate and
+    # with re-weighted scene kinds; the first cycle's length is kept in the checkpoint.
+    first = state.get("first_total", total)
+    if extend_steps and total is not None and state.get("first_total") is None:
+        first = total
+    if extend_steps:
+        if first is None:
+            raise ValueError("--extend-steps continues a finished first cycle; run without it first")
+        total = first + extend_steps
+        log["extension"] = {"steps": extend_steps, "peak_lr": extend_lr, "kind_weights": extend_kind_weights}
+    probs = kind_weights(scenes, extend_kind_weights)
     losses = []
     bar = tqdm(total=total, initial=step, desc="UNet+text", mininterval=10) if total else None
     while total is None or step < total:
         t_start = time.time()
-        idx = rng.integers(0, len(scenes), batch)
+        in_extension = bool(extend_steps) and step >= first
+        if in_extension and probs is not None:
+            idx = rng.choice(len(scenes), size=batch, p=probs)
+        else:
+            idx = rng.integers(0, len(scenes), batch)
         captions = []
         for i in idx:
             sc = scenes[i]
@@ -206,7 +232,8 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
                         torch.randint(400, 1000, (batch,), generator=gen))
         zt = sched.add_noise(x0, noise, t)
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, total or 10**6, 1e-3)
+            g["lr"] = (cosine_lr(step - first, extend_steps, extend_lr, warmup=100) if in_extension
+                       else cosine_lr(step, (first if extend_steps else total) or 10**6, 1e-3))
         cond = text(ids).last_hidden_state
         pred = unet(zt, t, cond).sample
         target = sched.get_velocity(x0, noise, t)
@@ -230,7 +257,8 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % 250 == 0 or step == total:
-            ckpt.save("denoiser", mods, step, {"total": total, "seconds": seconds})
+            ckpt.save("denoiser", mods, step, {"total": total, "seconds": seconds,
+                                               **({"first_total": first} if extend_steps else {})})
             log.setdefault("loss_curve", []).append([step, float(np.mean(losses[-250:]))])
     log["denoiser_steps"] = step
     log["denoiser_seconds"] = seconds
@@ -249,6 +277,17 @@ def save_pipeline(out: Path, vae, unet, text, tokenizer):
     return pipe
 
 
+def _parse_weights(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, value = part.partition("=")
+        if kind not in world.KIND_RATES or not value:
+            raise SystemExit(f"--extend-kind-weights: expected kind=weight with kind in {tuple(world.KIND_RATES)}, "
+                             f"got {part!r}")
+        out[kind] = float(value)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="data/models/toy")
@@ -256,6 +295,11 @@ def main(argv=None):
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget of the UNet stage")
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--extend-steps", type=int, default=0,
+                    help="after the first cycle, a second cosine cycle of this many steps (resumes a finished run)")
+    ap.add_argument("--extend-lr", type=float, default=3e-4, help="peak learning rate of the second cycle")
+    ap.add_argument("--extend-kind-weights", default="pair=2,subject=2",
+                    help="scene-kind sampling weights in the second cycle, e.g. 'pair=2,subject=2'")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -285,7 +329,8 @@ def main(argv=None):
     log["scaling_factor"] = scaling
     log_path.write_text(json.dumps(log, indent=1))
     unet, text, _ = train_denoiser(scenes, latents * scaling, tokenizer, ckpt, a.minutes, a.batch, a.seed + 1,
-                                   log, a.max_steps)
+                                   log, a.max_steps, a.extend_steps, a.extend_lr,
+                                   _parse_weights(a.extend_kind_weights))
     save_pipeline(out, vae, unet, text, tokenizer)
     log.update(n_images=a.n_images, batch=a.batch, vae_steps=a.vae_steps, threads=a.threads,
                wall_seconds_this_run=time.time() - t0,
