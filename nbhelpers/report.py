@@ -1,36 +1,239 @@
-"""Run notebooks headless with papermill and write HTML reports with an index page.
+"""Run notebooks headless with papermill into HTML reports with an index page.
 
-    python -m nbhelpers.report --out reports [--fast] [--only 00_tour 01_information_decomposition]
+    nbhelpers report                                   # every notebook, default parameters
+    nbhelpers report 01 04 --fast                      # a subset (number, name or name without prefix)
+    nbhelpers report --config configs/teaching.yaml    # parameters from a YAML file
+    nbhelpers report 02 -p word1=red -p n=32           # parameters on the command line
+    nbhelpers report --list                            # notebooks and the parameters each declares
 
-Each notebook runs with its own ``output_dir`` (``reports/<name>/``) where it writes figures and
-``metrics.json``; the executed notebook is converted to ``reports/<name>.html``. A failing
-notebook is reported (cell and error) on the index page while the others still run.
+Parameters are checked against each notebook's ``parameters`` cell **before anything runs**: an
+unknown name, a value of the wrong type or outside its allowed choices stops the run with one message
+listing every problem. Each notebook writes its figures and ``metrics.json`` to ``<out>/<name>/``; the
+executed notebook becomes ``<out>/<name>.html``. A failing notebook is reported (cell number, error,
+the failing line) on the index page while the others still run; the exit status is then 1.
+
+The YAML file (every key optional)::
+
+    out: reports                  # output folder
+    notebooks: [00_tour, 01]      # default: all
+    timeout: 3600                 # seconds per cell
+    cache: true                   # use the on-disk result cache (nbhelpers.cache)
+    parameters:                   # for every notebook that declares the name
+      fast: true
+      model: toy
+    notebook_parameters:          # for one notebook
+      01_information_decomposition: {word: blue}
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import html
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+CONFIG_KEYS = ("out", "notebooks", "timeout", "cache", "parameters", "notebook_parameters")
+# Parameters whose values come from a fixed set (checked before running).
+CHOICES = {
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "form": ("standard", "orthogonal"),
+    "context": ("rest", "none"),
+    "reference": ("parity", "others"),
+    "source": ("render", "generated"),
+}
+# Integer parameters that may be zero; every other integer (counts, steps) must be at least 1.
+MAY_BE_ZERO = {"seed", "explain_step"}
+
+
+class ReportConfigError(ValueError):
+    """Bad report configuration or parameters; the message lists every problem."""
+
+
+# -- notebooks and their parameters ------------------------------------------------------------------
+@dataclass
+class NotebookSpec:
+    """A notebook and what its ``parameters`` cell declares: name -> default value (Python literal)."""
+
+    path: Path
+    defaults: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
 
 
 def notebook_parameters(path: Path) -> dict:
-    """Names and default values papermill finds in the notebook's ``parameters`` cell."""
+    """Names and default values (as source text) that papermill finds in the ``parameters`` cell."""
     import papermill
 
     return {k: v["default"] for k, v in papermill.inspect_notebook(str(path)).items()}
 
 
-def run_notebook(path: Path, out_dir: Path, parameters: dict | None = None, timeout: int = 3600) -> dict:
-    """Execute one notebook; returns a summary dict (status, seconds, metrics, error)."""
+def notebook_specs(folder: Path = NOTEBOOK_DIR) -> list[NotebookSpec]:
+    specs = []
+    for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+        defaults = {}
+        for k, text in notebook_parameters(path).items():
+            try:
+                defaults[k] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                defaults[k] = None  # an expression: any value is accepted
+        specs.append(NotebookSpec(path, defaults))
+    return specs
+
+
+def select(specs: list[NotebookSpec], wanted: list[str] | None) -> list[NotebookSpec]:
+    """Notebooks by full name ("01_information_decomposition"), number ("01") or name without
+    the number ("information_decomposition"); all when ``wanted`` is empty."""
+    if not wanted:
+        return specs
+    out, problems = [], []
+    for w in wanted:
+        # YAML reads `01` as the integer 1
+        w = f"{w:02d}" if isinstance(w, int) and not isinstance(w, bool) else str(w).removesuffix(".ipynb")
+        hits = [s for s in specs if w in (s.name, s.name[:2], s.name[3:])]
+        if len(hits) != 1:
+            problems.append(f"unknown notebook {w!r}")
+        elif hits[0] not in out:
+            out.append(hits[0])
+    if problems:
+        raise ReportConfigError("; ".join(problems) + f". Choose from: {', '.join(s.name for s in specs)}")
+    return out
+
+
+def _type_name(v) -> str:
+    return "bool" if isinstance(v, bool) else type(v).__name__
+
+
+def check_value(name: str, value, default) -> str | None:
+    """Why ``value`` is not acceptable for a parameter whose default is ``default`` (None if it is)."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        return f"{name} must be {_type_name(default)} (like its default {default!r}), got {_type_name(value)} {value!r}"
+    if name in CHOICES and value not in CHOICES[name] and not (name == "device" and str(value).startswith("cuda:")):
+        return f"{name} must be one of {list(CHOICES[name])}, got {value!r}"
+    if isinstance(default, int) and not isinstance(default, bool) and name not in MAY_BE_ZERO and value < 1:
+        return f"{name} must be at least 1, got {value}"
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and value < 0:
+        return f"{name} must not be negative, got {value}"
+    return None
+
+
+def plan(specs: list[NotebookSpec], parameters: dict | None = None,
+         notebook_parameters_: dict | None = None) -> dict[str, dict]:
+    """Validated parameters for each selected notebook: ``parameters`` go to every notebook that
+    declares the name (a name no selected notebook declares is an error); ``notebook_parameters_``
+    maps a notebook (any name :func:`select` accepts) to its own. Raises :class:`ReportConfigError`
+    listing every problem."""
+    parameters = dict(parameters or {})
+    problems = []
+    out = {s.name: {} for s in specs}
+    for name, value in parameters.items():
+        takers = [s for s in specs if name in s.defaults]
+        if not takers:
+            known = sorted({k for s in specs for k in s.defaults})
+            problems.append(f"unknown parameter {name!r}: no selected notebook declares it (known: {', '.join(known)})")
+        for s in takers:
+            why = check_value(name, value, s.defaults[name])
+            if why:
+                problems.append(f"{s.name}: {why}")
+            out[s.name][name] = value
+    all_specs = {s.name: s for s in specs}
+    for nb, params in (notebook_parameters_ or {}).items():
+        try:
+            (spec,) = select(list(all_specs.values()), [nb])
+        except ReportConfigError:
+            problems.append(f"notebook_parameters names {nb!r}, which is not among the selected notebooks "
+                            f"({', '.join(all_specs)})")
+            continue
+        if not isinstance(params, dict):
+            problems.append(f"notebook_parameters.{nb} must be a mapping of name: value")
+            continue
+        for name, value in params.items():
+            if name not in spec.defaults:
+                problems.append(f"{spec.name}: unknown parameter {name!r} (it declares: {', '.join(spec.defaults)})")
+                continue
+            why = check_value(name, value, spec.defaults[name])
+            if why:
+                problems.append(f"{spec.name}: {why}")
+            out[spec.name][name] = value
+    if problems:
+        raise ReportConfigError("invalid report parameters:\n  - " + "\n  - ".join(problems))
+    return out
+
+
+def load_config(path: str | Path) -> dict:
+    """Read and shape-check a YAML report configuration (see the module docstring)."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ReportConfigError(f"no configuration file at {str(p)!r}")
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ReportConfigError(f"{p} is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ReportConfigError(f"{p} must hold a mapping with keys among {list(CONFIG_KEYS)}")
+    unknown = set(cfg) - set(CONFIG_KEYS)
+    if unknown:
+        raise ReportConfigError(f"{p}: unknown key(s) {sorted(unknown)}; allowed: {list(CONFIG_KEYS)}")
+    for key, kind in (("parameters", dict), ("notebook_parameters", dict), ("notebooks", list)):
+        if key in cfg and cfg[key] is not None and not isinstance(cfg[key], kind):
+            raise ReportConfigError(f"{p}: {key} must be a {'mapping' if kind is dict else 'list'}")
+    return cfg
+
+
+def parse_assignment(text: str) -> tuple[str | None, str, object]:
+    """``NAME=VALUE`` or ``NOTEBOOK:NAME=VALUE``; VALUE read as YAML (``3`` int, ``true`` bool, text str)."""
+    import yaml
+
+    lhs, sep, rhs = text.partition("=")
+    if not sep or not lhs.strip():
+        raise ReportConfigError(f"-p expects NAME=VALUE or NOTEBOOK:NAME=VALUE, got {text!r}")
+    nb, _, name = lhs.strip().rpartition(":")
+    try:
+        value = yaml.safe_load(rhs) if rhs.strip() else ""
+    except yaml.YAMLError:
+        value = rhs
+    return (nb or None), name, value
+
+
+# -- running ---------------------------------------------------------------------------------------------
+def _error_summary(e: Exception) -> dict:
+    """Cell number, error and failing line of a papermill execution error (or any exception)."""
+    ename = getattr(e, "ename", type(e).__name__)
+    evalue = getattr(e, "evalue", str(e))
+    out = {"error": f"{ename}: {evalue}".strip(), "cell": getattr(e, "exec_count", None)}
+    source = getattr(e, "source", None)
+    if source:
+        lines = [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        out["source"] = lines[-1][:200] if lines else ""
+        out["cell_index"] = getattr(e, "cell_index", None)
+    return out
+
+
+def run_notebook(path: Path, out_dir: Path, parameters: dict | None = None, timeout: int = 3600,
+                 progress: bool = True) -> dict:
+    """Execute one notebook into ``out_dir``; returns a summary (status, seconds, metrics, error, ...).
+    ``parameters`` must already be validated (:func:`plan`)."""
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
@@ -40,47 +243,82 @@ def run_notebook(path: Path, out_dir: Path, parameters: dict | None = None, time
     nb_out_dir.mkdir(parents=True, exist_ok=True)
     declared = notebook_parameters(path)
     params = {"output_dir": str(nb_out_dir)} if "output_dir" in declared else {}
-    for k, v in (parameters or {}).items():
-        if k in declared:
-            params[k] = v
+    params.update(parameters or {})
     executed = out_dir / f"{name}.ipynb"
     t0 = time.time()
-    summary = {"name": name, "status": "ok", "error": None}
+    summary = {"name": name, "status": "ok", "error": None, "parameters": dict(parameters or {})}
     os.environ.setdefault("NBHELPERS_HEADLESS", "1")
     try:
         papermill.execute_notebook(str(path), str(executed), parameters=params, cwd=str(path.parent),
-                                   progress_bar=False, kernel_name="python3", execution_timeout=timeout)
-    except Exception as e:  # papermill's PapermillExecutionError names the cell
+                                   progress_bar=progress, kernel_name="python3", execution_timeout=timeout)
+    except Exception as e:  # papermill's PapermillExecutionError names the cell; others (kernel died) too
         summary["status"] = "failed"
-        summary["error"] = f"{type(e).__name__}: {getattr(e, 'ename', '')} {getattr(e, 'evalue', e)}".strip()
-        summary["cell"] = getattr(e, "exec_count", None)
+        summary.update(_error_summary(e))
     summary["seconds"] = round(time.time() - t0, 1)
     if executed.exists():
         body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
         (out_dir / f"{name}.html").write_text(body)
         summary["html"] = f"{name}.html"
     metrics = nb_out_dir / "metrics.json"
-    summary["metrics"] = json.loads(metrics.read_text()) if metrics.exists() else {}
-    thumbs = sorted(nb_out_dir.glob("*.png"))
-    summary["thumbnail"] = f"{name}/{thumbs[0].name}" if thumbs else None
+    summary["metrics"] = json.loads(metrics.read_text()) if metrics.exists() and summary["status"] == "ok" else {}
+    thumbs = sorted(nb_out_dir.glob("*.png"), key=lambda p: p.stat().st_mtime)
+    summary["figures"] = [f"{name}/{p.name}" for p in thumbs]
+    summary["thumbnail"] = summary["figures"][0] if thumbs else None
     return summary
 
 
-def write_index(out_dir: Path, summaries: list[dict]) -> Path:
-    rows = []
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and len(v) <= 12:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    s = json.dumps(v, default=str)
+    return s if len(s) < 100 else s[:97] + "..."
+
+
+def write_index(out_dir: Path, summaries: list[dict], command: str = "nbhelpers report") -> Path:
+    """``index.html`` (one card per notebook: status, time, parameters, key metrics, figures) and
+    ``summary.json``."""
+    cards = []
     for s in summaries:
-        status = "✅ ran" if s["status"] == "ok" else f"❌ failed at cell {s.get('cell')}: {html.escape(s['error'] or '')}"
-        link = f'<a href="{s["html"]}">{s["name"]}</a>' if s.get("html") else s["name"]
-        thumb = f'<img src="{s["thumbnail"]}" height="120">' if s.get("thumbnail") else ""
-        metrics = "<br>".join(f"{html.escape(str(k))}: {html.escape(_short(v))}" for k, v in s["metrics"].items())
-        rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{s['seconds']} s</td><td>{thumb}</td>"
-                    f"<td><small>{metrics}</small></td></tr>")
+        ok = s["status"] == "ok"
+        title = f'<a href="{s["html"]}">{html.escape(s["name"])}</a>' if s.get("html") else html.escape(s["name"])
+        if ok:
+            status = f"<span class='ok'>ran</span> in {s['seconds']} s"
+        else:
+            where = f"cell {s.get('cell')}" if s.get("cell") is not None else "before any cell"
+            status = (f"<span class='bad'>failed at {where}</span> after {s['seconds']} s: "
+                      f"<code>{html.escape(s.get('error') or '')}</code>")
+            if s.get("source"):
+                status += f"<br>failing line: <code>{html.escape(s['source'])}</code>"
+        params = ", ".join(f"{html.escape(k)}={html.escape(_short(v))}" for k, v in s.get("parameters", {}).items())
+        flat = _flatten(s.get("metrics") or {})
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_short(v))}</td></tr>"
+                       for k, v in list(flat.items())[:14])
+        more = f"<p><small>{len(flat) - 14} more in {html.escape(s['name'])}/metrics.json</small></p>" if len(flat) > 14 else ""
+        figs = "".join(f'<a href="{html.escape(f)}"><img src="{html.escape(f)}" alt="{html.escape(f)}"></a>'
+                       for f in s.get("figures", [])[:4])
+        cards.append(f"<section class='{'ok' if ok else 'bad'}'><h2>{title}</h2><p>{status}</p>"
+                     f"<p><small>parameters: {params or 'defaults'}</small></p>"
+                     f"<div class='figs'>{figs}</div><table>{rows}</table>{more}</section>")
+    n_ok = sum(s["status"] == "ok" for s in summaries)
     page = ("<!doctype html><meta charset='utf-8'><title>nbhelpers reports</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td{vertical-align:top;padding:6px;border-bottom:1px solid #ddd}</style>"
+            "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}section{border:1px solid #ccc;"
+            "border-radius:6px;padding:0 1em 1em;margin:1em 0}section.bad{border-color:#c33}.ok{color:#262}"
+            ".bad{color:#b22}.figs img{height:140px;margin:4px;border:1px solid #eee}td{padding:2px 10px;"
+            "border-bottom:1px solid #eee;font-size:90%}</style>"
             "<h1>Interpreting text-to-image diffusion: reports</h1>"
-            f"<p>Generated {time.strftime('%Y-%m-%d %H:%M')} by <code>make report</code>.</p>"
-            "<table><tr><th>notebook</th><th>status</th><th>time</th><th>figure</th><th>key metrics</th></tr>"
-            + "".join(rows) + "</table>")
+            f"<p>{n_ok} of {len(summaries)} notebooks ran. Generated {time.strftime('%Y-%m-%d %H:%M')} by "
+            f"<code>{html.escape(command)}</code>.</p>" + "".join(cards))
     index = out_dir / "index.html"
     index.write_text(page)
     (out_dir / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))
@@ -95,40 +333,79 @@ def write_metrics(output_dir: str | None, metrics: dict) -> dict:
     return metrics
 
 
-def _short(v) -> str:
-    s = json.dumps(v, default=str)
-    return s if len(s) < 120 else s[:117] + "..."
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nbhelpers report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("notebooks", nargs="*", help="notebooks to run (number, name); default all")
+    ap.add_argument("--config", help="YAML file with out/notebooks/parameters/notebook_parameters")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="[NOTEBOOK:]NAME=VALUE",
+                    help="set a parameter (repeatable); overrides the YAML file")
+    ap.add_argument("--out", default=None, help="output folder (default reports)")
+    ap.add_argument("--only", nargs="*", default=None, help=argparse.SUPPRESS)  # older spelling
+    ap.add_argument("--fast", action="store_true", help="shorthand for -p fast=true")
+    ap.add_argument("--model", default=None, help="shorthand for -p model=NAME")
+    ap.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell (default 3600)")
+    ap.add_argument("--no-cache", action="store_true", help="compute everything afresh (NBHELPERS_CACHE=0)")
+    ap.add_argument("--notebook-dir", default=None, help="folder of notebooks (default: the suite's notebooks/)")
+    ap.add_argument("--list", action="store_true", help="list notebooks and their parameters, run nothing")
+    ap.add_argument("--check", action="store_true", help="validate the parameters, run nothing")
+    ap.add_argument("--quiet", action="store_true", help="no per-cell progress bars")
+    return ap
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Run the notebooks headless into HTML reports.")
-    ap.add_argument("--out", default="reports")
-    ap.add_argument("--only", nargs="*", help="notebook names (without .ipynb) to run; default all")
-    ap.add_argument("--fast", action="store_true", help="pass fast=True (small sample counts)")
-    ap.add_argument("--model", default=None, help="model name or path passed as the `model` parameter")
-    a = ap.parse_args(argv)
-    out = Path(a.out).resolve()
+    a = build_parser().parse_args(argv)
+    try:
+        specs = notebook_specs(Path(a.notebook_dir) if a.notebook_dir else NOTEBOOK_DIR)
+        if not specs:
+            raise ReportConfigError(f"no notebooks named NN_*.ipynb in {a.notebook_dir or NOTEBOOK_DIR}")
+        if a.list:
+            for s in specs:
+                print(s.name)
+                for k, v in s.defaults.items():
+                    print(f"    {k} = {v!r}" + (f"   (one of {list(CHOICES[k])})" if k in CHOICES else ""))
+            return 0
+        cfg = load_config(a.config) if a.config else {}
+        chosen = select(specs, (a.notebooks or []) + (a.only or []) or cfg.get("notebooks"))
+        params = dict(cfg.get("parameters") or {})
+        per_nb = {k: dict(v) if isinstance(v, dict) else v for k, v in (cfg.get("notebook_parameters") or {}).items()}
+        if a.fast:
+            params["fast"] = True
+        if a.model:
+            params["model"] = a.model
+        for text in a.param:
+            nb, name, value = parse_assignment(text)
+            if nb:
+                per_nb.setdefault(nb, {})[name] = value
+            else:
+                params[name] = value
+        planned = plan(chosen, params, per_nb)
+    except ReportConfigError as e:
+        print(f"nbhelpers report: {e}", file=sys.stderr)
+        return 2
+    if a.check:
+        for name, p in planned.items():
+            print(f"{name}: {p or 'defaults'}")
+        print("parameters are valid")
+        return 0
+    out = Path(a.out or cfg.get("out") or "reports").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    books = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
-    if a.only:
-        wanted = set(a.only)
-        unknown = wanted - {b.stem for b in books}
-        if unknown:
-            print(f"unknown notebook(s): {sorted(unknown)}; choose from {[b.stem for b in books]}", file=sys.stderr)
-            return 2
-        books = [b for b in books if b.stem in wanted]
-    params = {"fast": a.fast} if a.fast else {}
-    if a.model:
-        params["model"] = a.model
+    if a.no_cache or cfg.get("cache") is False:
+        os.environ["NBHELPERS_CACHE"] = "0"
+    timeout = a.timeout or int(cfg.get("timeout") or 3600)
     summaries = []
-    for book in tqdm(books, desc="notebooks", unit="nb"):
-        tqdm.write(f"running {book.name} ...")
-        s = run_notebook(book, out, params)
-        tqdm.write(f"  {s['status']} in {s['seconds']} s" + (f": {s['error']}" if s["error"] else ""))
+    bar = tqdm(chosen, desc="notebooks", unit="nb")
+    for spec in bar:
+        bar.set_postfix_str(spec.name)
+        s = run_notebook(spec.path, out, planned[spec.name], timeout=timeout, progress=not a.quiet)
+        tqdm.write(f"{spec.name}: {s['status']} in {s['seconds']} s"
+                   + (f" (cell {s.get('cell')}: {s['error']})" if s["error"] else ""))
         summaries.append(s)
-    index = write_index(out, summaries)
-    print(f"report: {index}")
-    return 0 if all(s["status"] == "ok" for s in summaries) else 1
+        write_index(out, summaries, "nbhelpers report " + " ".join(argv if argv is not None else sys.argv[1:]))
+    index = write_index(out, summaries, "nbhelpers report " + " ".join(argv if argv is not None else sys.argv[1:]))
+    failed = [s["name"] for s in summaries if s["status"] != "ok"]
+    print(f"report: {index}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
