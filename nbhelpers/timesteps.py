@@ -186,16 +186,16 @@ def word_relevance(model, tr: Trace, steps: list[int] | None = None, layers: str
     a = torch.tensor(tr.logsnrs[steps], dtype=torch.float64)
     S, W = len(steps), len(tr.words)
     cond = model.condition(tr.prompt)
-    # (b) influence: the full prompt and each word removed, all steps in one batch
+    # the empty prompt and each word removed, all steps in one no-grad batch; the full prompt's ε̂
+    # comes from the gradient pass below (computed once)
     prompts = [model.remove_word(tr.prompt, w) for w in tr.words]
-    conds = torch.cat([cond, model.condition(prompts)])  # (1 + W, L, D)
+    conds = torch.cat([model.null_condition(), model.condition(prompts)])  # (1 + W, L, D)
     zz = z.repeat_interleave(1 + W, 0)
     aa = a.repeat_interleave(1 + W)
     cc = conds.repeat(S, 1, 1)
     e = model.eps(zz, aa, cc, max_batch=max_batch).view(S, 1 + W, *z.shape[1:])
-    influence = (e[:, 1:] - e[:, :1]).pow(2).mean(dim=(2, 3, 4)).numpy()
-    # (a) gradient-weighted attention of the conditional pass, for the text's effect on ε̂
-    e_null = model.eps(z, a, None, max_batch=max_batch)
+    e_null, e_removed = e[:, 0], e[:, 1:]
+    e_full = torch.empty_like(e_null)
     token_groups = [tp.token_indices(w) for w in tr.words]
     rel = np.zeros((S, W))
     rel_maps = np.zeros((S, W, *model.latent_shape[-2:]))
@@ -203,6 +203,7 @@ def word_relevance(model, tr: Trace, steps: list[int] | None = None, layers: str
         sl = slice(i0, min(S, i0 + max_batch))
         with attention_probs_with_grad(model.pipe.unet, layers) as rec:
             e_c = model.eps(z[sl], a[sl], cond, grad=True)
+            e_full[sl] = e_c.detach()
             score = (e_c - e_null[sl]).pow(2).sum()
             probs = [p for v in rec.values() for p in v]
             grads = torch.autograd.grad(score, probs)
@@ -219,6 +220,8 @@ def word_relevance(model, tr: Trace, steps: list[int] | None = None, layers: str
             for j, idx in enumerate(token_groups):
                 rel[sl, j] += r[:, :, idx].sum(dim=(1, 2)).numpy() / n_layers
                 rel_maps[sl, j] += spatial[:, idx].sum(1).numpy() / n_layers
+    # (b) influence: mean squared change of ε̂ when each word is removed
+    influence = (e_removed - e_full[:, None]).pow(2).mean(dim=(2, 3, 4)).numpy()
     return StepRelevance(list(tr.words), steps, tr.logsnrs[steps], rel, rel_maps, influence)
 
 
