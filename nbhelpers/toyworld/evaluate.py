@@ -141,14 +141,14 @@ Images are 32×32 RGB; latents 4×16×16; log-SNR range of training {lo:.2f} to 
   step with word dropout and 10 % empty captions (see the world card).
 - VAE: {vae_steps} steps, batch 64, AdamW 1e-3, MSE + ½·L1 + 1e-4·KL (per element); {vae_min:.0f} min.
 - UNet and text encoder jointly, from scratch: {steps} steps of batch {batch} ({unet_min:.0f} min), AdamW 1e-3 with cosine
-  decay, EMA 0.999 of the weights (saved). The UNet predicts **v** (as SD 2.x does); half of each batch has its timestep
+  decay, EMA 0.999 of the weights (saved).{extension} The UNet predicts **v** (as SD 2.x does); half of each batch has its timestep
   drawn from the noisier 60 % (t ≥ 400), where the layout is decided; the loss on v is weighted by
   min(1 + SNR, 6)/(1 + SNR), i.e. a clean-image weight of min(1 + SNR, 6). Any positive per-timestep weight keeps the
   per-timestep MMSE optimum that the estimators rely on.
 - Why v: an earlier epsilon-prediction recipe (two phases, 3,500 steps) learned colours, shapes and sizes but placed
   objects at random. The epsilon loss sees a layout error scaled down by the SNR (≈ 0.005 at t = 999), and the position
   words carried ≈ 0.1 nats (lesson 01's estimator) where log 5 ≈ 1.6 is available.
-- Total wall time on this project's 2-core CPU machine: about {total_min:.0f} min ({threads} threads).{history}
+- Total wall time on this project's 2-core CPU machine: about {total_min:.0f} min ({threads} threads in the last run).{history}
 - `make train-toy` reruns this recipe from scratch (resuming after an interruption) and rewrites this card.
 
 ## Measured quality (`python -m nbhelpers.toyworld.evaluate`, asserted by `tests/test_toy_model.py`)
@@ -195,11 +195,21 @@ def write_card(path, model, quality: QualityReport, rates: list[dict], n_rate: i
     status = ("## Status: meets the foundation issue's quality bar\n\n" if meets else
               "## Status: below the foundation issue's quality bar (see the tables; the tests keep the bar as strict "
               "expected failures)\n\n")
+    ext = log.get("extension") or {}
+    extension = ""
+    if ext:
+        weights = ", ".join(f"{k} ×{v:g}" for k, v in (ext.get("kind_weights") or {}).items()) or "none"
+        ext_min = (log["denoiser_seconds"] - log.get("first_cycle_seconds", 0.0)) / 60
+        extension = (f"\n- A second cosine cycle continued from those weights: {ext['steps']} more steps at a peak rate of "
+                     f"{ext['peak_lr']:g} (100-step warm-up) with scene kinds re-weighted ({weights}; re-weighting "
+                     f"whole kinds leaves every caption's image distribution, hence the denoiser's optimum, unchanged), "
+                     f"{ext_min:.0f} min.")
     text = CARD_TEMPLATE.format(
         total_mb=total / 2**20, scaling=log["scaling_factor"], vae=log["parameters"]["vae"], unet=log["parameters"]["unet"],
         text=log["parameters"]["text_encoder"], vocab=len(model.tokenizer), lo=lo, hi=hi, n_images=log["n_images"],
-        vae_steps=log["vae_steps"], steps=log["denoiser_steps"], batch=log["batch"], vae_min=log["vae_seconds"] / 60,
-        unet_min=log["denoiser_seconds"] / 60, threads=log["threads"],
+        vae_steps=log["vae_steps"], steps=log["denoiser_steps"] - ext.get("steps", 0), batch=log["batch"],
+        vae_min=log["vae_seconds"] / 60, unet_min=log.get("first_cycle_seconds", log["denoiser_seconds"]) / 60,
+        threads=log["threads"], extension=extension,
         total_min=(log["vae_seconds"] + log["denoiser_seconds"]) / 60,
         history=f" This run: {log['history']}." if log.get("history") else "", steps_eval=quality.params["steps"],
         guidance=quality.params["guidance"], n_captions=quality.n_captions, n_single=quality.n_captions - quality.n_pairs,

@@ -215,6 +215,8 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
     while total is None or step < total:
         t_start = time.time()
         in_extension = bool(extend_steps) and step >= first
+        if in_extension and "first_cycle_seconds" not in log:
+            log["first_cycle_seconds"] = seconds  # the first cycle's own time, for the model card
         if in_extension and probs is not None:
             idx = rng.choice(len(scenes), size=batch, p=probs)
         else:
