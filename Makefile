@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # never pulls a multi-GB CUDA build as a dependency of something else. Override for a GPU build.
 TORCH_SPEC ?= torch>=2.4,<2.14
 
-.PHONY: setup report test clean train-toy
+.PHONY: setup report test clean train-toy browser
 
 setup: $(VENV)/.installed
 
@@ -21,7 +21,17 @@ $(VENV)/.installed: pyproject.toml
 report: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m nbhelpers.report --out reports
 
-test: setup
+# Debian's chromium for tests/test_browser.py (Playwright drives the system browser; nothing is
+# downloaded by `playwright install`). Never fails: without chromium that test skips and says why.
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "browser: /usr/bin/chromium is installed"; \
+	else SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  if $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; \
+	  then echo "browser: installed /usr/bin/chromium"; \
+	  else echo "browser: could not install Debian's chromium (needs root or passwordless sudo, and apt); tests/test_browser.py will be skipped"; fi; \
+	fi
+
+test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 train-toy: setup
