@@ -16,8 +16,9 @@ def is_headless() -> bool:
 
 
 def _show(draw, controls: dict, defaults: dict, vertical: bool = False):
-    """Interactive controls around ``draw(**values)`` (in a row, or stacked with ``vertical``);
-    headless, one call with the defaults."""
+    """Display interactive controls around ``draw(**values)`` (in a row, or stacked with ``vertical``);
+    headless, one call with the defaults. Returns None, so that a notebook cell ending with an
+    explorer call does not display the widget a second time."""
     if is_headless():
         draw(**defaults)
         plt.show()
@@ -33,7 +34,7 @@ def _show(draw, controls: dict, defaults: dict, vertical: bool = False):
     row = w.VBox if vertical else w.HBox
     box = w.VBox([row(list(controls.values())), out])
     display(box)
-    return box
+    return None
 
 
 @cached("generate")
@@ -177,4 +178,4 @@ def audit_table_explorer(table, columns=("subject", "dimension", "group", "n", "
     out = w.interactive_output(draw, controls)
     box = w.VBox([w.HBox(list(controls.values())), out])
     display(box)
-    return box
+    return None

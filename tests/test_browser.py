@@ -235,6 +235,7 @@ def _run_and_move(page, lab: _Lab, t0: float):
     assert before_src and before_src.startswith("data:image/png"), before_src
     views = page.locator(".jp-OutputArea-output .widget-vbox", has=page.locator(".widget-output img")).count()
     print(f"prompt explorer rendered ({views} view(s)) after {time.monotonic() - t0:.1f} s, seed={before_value}")
+    assert views == 1, f"the prompt explorer is displayed {views} times"
     widget.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "before.png"), full_page=True)
 
