@@ -4,12 +4,16 @@ re-encoding the batch's images with the VAE at every step, and the share of a st
     python benchmarks/bench_conceptor.py [--model toy] [--steps 20] [--batch 6]
 """
 import argparse
+import os
 import time
 
 import numpy as np
 import torch
 
-import nbhelpers as nbh
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["NBHELPERS_CACHE"] = "0"  # time the computation, not the result cache
+
+import nbhelpers as nbh  # noqa: E402
 from nbhelpers import conceptor as C
 
 

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["NBHELPERS_CACHE"] = "0"  # time the computation, not the result cache
 
 from nbhelpers import load_model  # noqa: E402
 from nbhelpers.immse import LogSNRSampler, information_terms  # noqa: E402

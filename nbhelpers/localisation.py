@@ -34,25 +34,34 @@ class LocalisationResult:
     iou_curves: dict  # method -> (n_records, n_thresholds)
     params: dict = field(default_factory=dict)
 
-    def summary(self):
+    def summary(self, kind: str | None = None):
         """pandas table: method, mIoU (best threshold on the evaluation set), mIoU (threshold chosen on
-        the calibration half, scored on the other half), the chosen threshold, and mean AUROC."""
+        the calibration half, scored on the other half), the chosen threshold, and mean AUROC.
+        ``kind``: only "colour" words (their information covers the whole object) or only "noun"
+        words (a shape word's information lies where the shapes differ: see :func:`shape_difference_mask`)."""
         import pandas as pd
 
-        n = len(self.records)
+        keep = np.array([kind is None or r.get("kind") == kind for r in self.records], bool)
+        if not keep.any():
+            raise ValueError(f"no records of kind {kind!r}; kinds are 'colour' and 'noun'")
+        recs = [r for r, k in zip(self.records, keep) if k]
+        n = len(recs)
         calib, held = np.arange(n) % 2 == 0, np.arange(n) % 2 == 1
         rows = []
-        for m, curves in self.iou_curves.items():
+        for m, all_curves in self.iou_curves.items():
+            curves = all_curves[keep]
             best = int(np.argmax(curves.mean(0)))
             t_cal = int(np.argmax(curves[calib].mean(0))) if calib.any() else best
             rows.append({"method": m, "mIoU (best threshold)": float(curves.mean(0)[best]),
                          "mIoU (calibrated threshold)": float(curves[held, t_cal].mean()) if held.any() else np.nan,
                          "threshold": float(self.thresholds[t_cal]),
-                         "AUROC": float(np.nanmean([r["auroc"][m] for r in self.records]))})
+                         "AUROC": float(np.nanmean([r["auroc"][m] for r in recs]))})
         return pd.DataFrame(rows).set_index("method")
 
     def to_dict(self) -> dict:
+        kinds = sorted({r.get("kind") for r in self.records} - {None})
         return {"summary": self.summary().reset_index().to_dict(orient="records"), "n_records": len(self.records),
+                "by_kind": {k: self.summary(k).reset_index().to_dict(orient="records") for k in kinds},
                 "params": self.params}
 
 
@@ -78,6 +87,25 @@ def score_maps(maps: dict[str, np.ndarray], mask: np.ndarray) -> tuple[dict, dic
     return curves, aucs
 
 
+def shape_difference_mask(scene, i: int, size: int | None = None) -> np.ndarray:
+    """Pixels of object ``i`` of ``scene`` that would change if it had another shape (same colour, size
+    and place): where a shape word's information can lie. Its IoU with the object's own mask is the best
+    mIoU a perfect shape-word map can reach against that mask (about 0.32 in the world: the shapes of
+    one size share their interior)."""
+    from dataclasses import replace
+
+    from .toyworld import world
+
+    size = size or world.IMAGE_SIZE
+    own = scene.object_masks(size)[i]
+    out = np.zeros_like(own)
+    for shape in world.SHAPES:
+        if shape != scene.objects[i].shape:
+            objs = tuple(replace(o, shape=shape) if j == i else o for j, o in enumerate(scene.objects))
+            out |= own ^ replace(scene, objects=objs).object_masks(size)[i]
+    return out
+
+
 @cached("studies")
 def localisation_study(model, scenes, images: np.ndarray, masks: list[list[np.ndarray]], n: int = 32,
                        attention_n: int = 8, seed: int = 0, batch_size: int = 32) -> LocalisationResult:
@@ -99,7 +127,11 @@ def localisation_study(model, scenes, images: np.ndarray, masks: list[list[np.nd
             c, a = score_maps(maps, masks[k][i])
             for m in METHODS:
                 curves[m].append(c[m])
-            records.append({"image": k, "word": w, "object": i, "prompt": prompt, "auroc": a,
+            kind = "noun" if w == scene.objects[i].noun else "colour"
+            if kind == "noun":  # where a shape word's information can lie (exact for renders)
+                a["cmi vs shape difference"] = auroc(upsample(cmi, masks[k][i].shape[0]),
+                                                     shape_difference_mask(scene, i, masks[k][i].shape[0]))
+            records.append({"image": k, "word": w, "object": i, "prompt": prompt, "auroc": a, "kind": kind,
                             "cmi_value": info.words[w].value})
     return LocalisationResult(records, THRESHOLDS, {m: np.array(v) for m, v in curves.items()},
                               dict(n=n, attention_n=attention_n, seed=seed, n_images=len(scenes)))

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from . import world
 from ..metrics import wilson_interval
 from .checker import check_scene, read_image
+from ..cache import cached
 
 ATTRIBUTES = ("colour", "shape", "size", "position")
 
@@ -61,6 +62,7 @@ class QualityReport:
         return d
 
 
+@cached("studies")
 def evaluate_quality(model, n_single: int = 120, n_pair: int = 120, seed: int = 1234, steps: int = 25,
                      guidance: float = 3.0, batch: int = 60) -> QualityReport:
     scenes = heldout_scenes(n_single, n_pair, seed)
@@ -101,6 +103,7 @@ PLANTED_CHECKS = [
 ]
 
 
+@cached("studies")
 def planted_rates(model, n: int = 100, seed: int = 777, steps: int = 25, guidance: float = 1.0,
                   batch: int = 100) -> list[dict]:
     """For each planted phenomenon: the rate in generations of its prompt (``guidance=1``: plain
