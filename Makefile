@@ -35,7 +35,7 @@ test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 train-toy: setup
-	$(BIN)/python -m nbhelpers.toyworld.train --out data/models/toy --minutes 1000 --max-steps 3200
+	$(BIN)/python -m nbhelpers.toyworld.train --out data/models/toy --minutes 1000 --max-steps 3200 --extend-steps 3000
 	$(BIN)/python -m nbhelpers.toyworld.evaluate --card data/models/toy/README.md
 
 clean:

@@ -88,36 +88,44 @@ def evaluate_quality(model, n_single: int = 120, n_pair: int = 120, seed: int = 
         params=dict(steps=steps, guidance=guidance, seed=seed), images=images, captions=prompts, all_correct=all_ok)
 
 
-# prompt, attribute read by the checker, the value counted, the planted rate
+# prompt, attribute read by the checker, the value counted, the planted rate, and the values the world
+# can draw for that prompt (the rate's denominator; None: every value). A subject noun is drawn only in
+# its two group colours, so its rate is the share of red (or blue) among images read as red or blue;
+# images in another colour are the model's own errors, reported apart as "off-support".
+SUBJECT_COLOURS = tuple(world.GROUP_COLOURS.values())
 PLANTED_CHECKS = [
-    ("a nurse", "colour", "red", world.P_WARM["nurse"]),
-    ("a pilot", "colour", "blue", 1 - world.P_WARM["pilot"]),
-    ("a chef", "size", "big", world.P_BIG["chef"]),
-    ("a doctor", "colour", "red", world.P_WARM["doctor"]),
-    ("a cool nurse", "colour", "blue", 1.0),
-    ("a bat", "shape", "triangle", 0.5),
-    ("a bat at the top", "shape", "triangle", 1.0),
-    ("a bat at the bottom", "shape", "square", 1.0),
-    ("a crimson circle", "colour", "red", 1.0),
-    ("a crimson red square", "colour", "red", 1.0),
+    ("a nurse", "colour", "red", world.P_WARM["nurse"], SUBJECT_COLOURS),
+    ("a pilot", "colour", "blue", 1 - world.P_WARM["pilot"], SUBJECT_COLOURS),
+    ("a chef", "size", "big", world.P_BIG["chef"], None),
+    ("a doctor", "colour", "red", world.P_WARM["doctor"], SUBJECT_COLOURS),
+    ("a cool nurse", "colour", "blue", 1.0, SUBJECT_COLOURS),
+    ("a bat", "shape", "triangle", 0.5, tuple(world.HOMONYM_SHAPE.values())),
+    ("a bat at the top", "shape", "triangle", 1.0, None),
+    ("a bat at the bottom", "shape", "square", 1.0, None),
+    ("a crimson circle", "colour", "red", 1.0, None),
+    ("a crimson red square", "colour", "red", 1.0, None),
 ]
 
 
 @cached("studies")
-def planted_rates(model, n: int = 100, seed: int = 777, steps: int = 25, guidance: float = 1.0,
+def planted_rates(model, n: int = 200, seed: int = 777, steps: int = 25, guidance: float = 1.0,
                   batch: int = 100) -> list[dict]:
     """For each planted phenomenon: the rate in generations of its prompt (``guidance=1``: plain
-    conditional sampling, since guidance sharpens rates) against the planted rate."""
+    conditional sampling, since guidance sharpens rates) against the planted rate, among the images
+    whose attribute is one the world can draw for the prompt (``off_support``: the share that is not)."""
     rows = []
-    for j, (prompt, attr, value, rate) in enumerate(tqdm(PLANTED_CHECKS, desc="planted rates", leave=False)):
+    for j, (prompt, attr, value, rate, support) in enumerate(tqdm(PLANTED_CHECKS, desc="planted rates", leave=False)):
         seeds = list(range(seed + 1000 * j, seed + 1000 * j + n))
         images = _generate(model, [prompt] * n, seeds, steps, guidance, batch)
         reads = [read_image(im, max_objects=1) for im in images]
-        hits = [getattr(r[0], attr) == value for r in reads if r]
-        k, m = int(np.sum(hits)), len(hits)
+        values = [getattr(r[0], attr) for r in reads if r]
+        counted = [v for v in values if support is None or v in support]
+        k, m = sum(v == value for v in counted), len(counted)
         lo, hi = wilson_interval(k, m)
         rows.append(dict(prompt=prompt, attribute=attr, value=value, planted=rate,
-                         measured=k / max(m, 1), ci95=(lo, hi), n=m, n_without_object=n - m))
+                         measured=k / max(m, 1), ci95=(lo, hi), n=m, n_without_object=n - len(values),
+                         support=list(support) if support else None,
+                         off_support=(len(values) - m) / max(len(values), 1)))
     return rows
 
 
@@ -144,14 +152,14 @@ Images are 32×32 RGB; latents 4×16×16; log-SNR range of training {lo:.2f} to 
   step with word dropout and 10 % empty captions (see the world card).
 - VAE: {vae_steps} steps, batch 64, AdamW 1e-3, MSE + ½·L1 + 1e-4·KL (per element); {vae_min:.0f} min.
 - UNet and text encoder jointly, from scratch: {steps} steps of batch {batch} ({unet_min:.0f} min), AdamW 1e-3 with cosine
-  decay, EMA 0.999 of the weights (saved).{extension} The UNet predicts **v** (as SD 2.x does); half of each batch has its timestep
+  decay, EMA 0.999 of the weights (saved). The UNet predicts **v** (as SD 2.x does); half of each batch has its timestep
   drawn from the noisier 60 % (t ≥ 400), where the layout is decided; the loss on v is weighted by
   min(1 + SNR, 6)/(1 + SNR), i.e. a clean-image weight of min(1 + SNR, 6). Any positive per-timestep weight keeps the
-  per-timestep MMSE optimum that the estimators rely on.
+  per-timestep MMSE optimum that the estimators rely on.{extension}
 - Why v: an earlier epsilon-prediction recipe (two phases, 3,500 steps) learned colours, shapes and sizes but placed
   objects at random. The epsilon loss sees a layout error scaled down by the SNR (≈ 0.005 at t = 999), and the position
   words carried ≈ 0.1 nats (lesson 01's estimator) where log 5 ≈ 1.6 is available.
-- Total wall time on this project's 2-core CPU machine: about {total_min:.0f} min ({threads} threads in the last run).{history}
+- Total wall time on this project's 2-core CPU machine: about {total_min:.0f} min ({threads} thread(s) in the last run).{history}
 - `make train-toy` reruns this recipe from scratch (resuming after an interruption) and rewrites this card.
 
 ## Measured quality (`python -m nbhelpers.toyworld.evaluate`, asserted by `tests/test_toy_model.py`)
@@ -168,9 +176,13 @@ world's checker:
 | two-object captions with both objects fully right (colour, shape, position) | {pair:.1%} | ≥ 75 % |
 
 ## Planted phenomena in generations (guidance 1, i.e. plain conditional sampling; {n_rate} images each)
-| prompt | read | planted | measured (95 % CI) |
-|---|---|---|---|
+| prompt | read | planted | measured (95 % CI) | off-support |
+|---|---|---|---|---|
 {rate_rows}
+
+"measured" counts the images whose attribute is one the world draws for that prompt (red or blue for a subject noun,
+triangle or square for a bat): the planted rate is the split between those. "off-support" is the share of images in
+another value (a subject drawn yellow, say): the model's own sampling errors at guidance 1, reported apart.
 
 Guidance above 1 sharpens these rates towards the majority (exercise 2 of `00_tour`).
 
@@ -190,7 +202,8 @@ def write_card(path, model, quality: QualityReport, rates: list[dict], n_rate: i
     log = json.loads((folder / "training_log.json").read_text())
     total = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     rows = "\n".join(f"| {r['prompt']} | {r['attribute']} = {r['value']} | {r['planted']:.0%} | "
-                     f"{r['measured']:.0%} ({r['ci95'][0]:.0%}–{r['ci95'][1]:.0%}) |" for r in rates)
+                     f"{r['measured']:.0%} ({r['ci95'][0]:.0%}–{r['ci95'][1]:.0%}) | "
+                     f"{r['off_support']:.0%} |" for r in rates)
     acc = quality.accuracy
     lo, hi = model.logsnr_range
     meets = (acc["colour"] >= 0.95 and acc["position"] >= 0.95 and acc["shape"] >= 0.85
@@ -229,7 +242,7 @@ def main(argv=None):
     ap.add_argument("--model", default="toy")
     ap.add_argument("--n-single", type=int, default=120)
     ap.add_argument("--n-pair", type=int, default=120)
-    ap.add_argument("--n-rate", type=int, default=100)
+    ap.add_argument("--n-rate", type=int, default=200)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--card", default=None, help="write the model card here (toy model only)")
