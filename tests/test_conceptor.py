@@ -201,7 +201,7 @@ def test_same_seeds_give_the_same_decomposition_on_the_tiny_pipeline(tiny_model)
 
 
 # --- the toy world's planted mixtures (bundled model; minutes on a CPU) -------------------------------------
-# The configuration measured on the bundled (epsilon, undertrained) model on 2 CPU threads: top 5 of "nurse" =
+# The configuration measured on an earlier (epsilon-prediction) bundled model on 2 CPU threads: top 5 of "nurse" =
 # circle 13.6, chef 9.0, warm 4.8, left 4.2, big 4.1; then above 4.0, crimson[crim] 3.8, below 2.8, red 2.7,
 # cool 2.0; best step 75 of 150 (validation similarity 0.77).
 TOY = dict(k=5, steps=150, n_train=16, n_val=4, eval_every=25, gen_steps=10, lr=5e-3, seed=0, progress=False)
