@@ -10,7 +10,7 @@ from pathlib import Path
 # (report figure, caption) in the README's order
 FIGURES = [
     ("00_tour/trajectory.png", "A denoising trajectory: x_t and the predicted clean image at each step"),
-    ("01_information_decomposition/word_maps.png", "Where each word's information lies: i(x; word | rest of the prompt)"),
+    ("01_information_decomposition/word_maps.png", "Where each word's information lies, given the rest of the prompt"),
     ("01_information_decomposition/localisation_example.png", "Unsupervised localisation against the exact masks"),
     ("02_partial_information_decomposition/pid_maps.png", "Redundancy, unique information and synergy of two words, per pixel"),
     ("03_concept_decomposition/decomposition.png", "A concept as a sparse mix of words (Conceptor)"),
