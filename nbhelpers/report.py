@@ -394,6 +394,8 @@ def main(argv=None) -> int:
         os.environ["NBHELPERS_CACHE"] = "0"
     timeout = a.timeout or int(cfg.get("timeout") or 3600)
     summaries = []
+    command = "nbhelpers report " + " ".join(argv if argv is not None else sys.argv[1:])
+    index = out / "index.html"
     bar = tqdm(chosen, desc="notebooks", unit="nb")
     for spec in bar:
         bar.set_postfix_str(spec.name)
@@ -401,8 +403,7 @@ def main(argv=None) -> int:
         tqdm.write(f"{spec.name}: {s['status']} in {s['seconds']} s"
                    + (f" (cell {s.get('cell')}: {s['error']})" if s["error"] else ""))
         summaries.append(s)
-        write_index(out, summaries, "nbhelpers report " + " ".join(argv if argv is not None else sys.argv[1:]))
-    index = write_index(out, summaries, "nbhelpers report " + " ".join(argv if argv is not None else sys.argv[1:]))
+        index = write_index(out, summaries, command)  # after every notebook, so an interrupted run keeps its index
     failed = [s["name"] for s in summaries if s["status"] != "ok"]
     print(f"report: {index}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
