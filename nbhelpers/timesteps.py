@@ -10,10 +10,19 @@ and DAAM's per-step cross-attention).
   the word's orthogonal conditional MI (see :mod:`nbhelpers.info`).
 - :func:`rise_saliency` (DF-RISE): random coarse masks on the latent at one step; the masked region is
   replaced by fresh noise (which carries no information and keeps the latent's statistics); each
-  mask is scored by the cosine similarity of the masked pass's predicted clean latent to the
-  unmasked one; saliency = Σ score·mask / (N·p), i.e. normalised by the mask density.
-- :func:`gradcam_saliency` (DF-CAM): Grad-CAM on a UNet block at one step, for the cosine similarity
-  of the predicted clean latent to the final latent.
+  mask is scored by the similarity of the masked pass's predicted clean latent to the unmasked one;
+  saliency = Σ score·mask / (N·p), i.e. normalised by the mask density.
+- :func:`gradcam_saliency` (DF-CAM): class-activation maps on a UNet block at one step, for the
+  similarity of the predicted clean latent to the final latent. By default HiResCAM's element-wise
+  gradient × activation (its magnitude); ``weighting="gradcam"`` gives classic Grad-CAM.
+
+The similarity is Pearson's correlation of the two latents (the cosine of their deviations from each
+channel's spatial mean), not the raw cosine. A flat background carries no content but most of a latent's
+energy, so a raw cosine is decided by the background: on the toy world DF-RISE with the raw cosine ranked
+the object's pixels *below* a random map (AUROC 0.42 on 10 images), with the correlation at 0.78. Classic
+Grad-CAM (channel-averaged gradients, rectified) picks the object or exactly its complement depending on
+the signs of a few channels (AUROC 0.02 to 0.99 from image to image, mean 0.60); the element-wise
+magnitude does not average signs away (AUROC ≥ 0.9 on every one of 20 images).
 - :func:`faithfulness`: insertion and deletion curves on the latent in saliency order, each point
   scored with SSIM of the decoded prediction against the decoded unperturbed prediction, their AUCs,
   and the same for random orders as the baseline.
@@ -252,7 +261,11 @@ def _check_step(tr: Trace, step: int) -> int:
     return step
 
 
-def _cosine_rows(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+def _similarity_rows(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each latent in ``a`` (N, C, h, w) with ``ref`` (1, C, h, w): the cosine of
+    their deviations from each channel's spatial mean (see the module docstring for why). Shape (N,)."""
+    a = a - a.mean(dim=(2, 3), keepdim=True)
+    ref = ref - ref.mean(dim=(2, 3), keepdim=True)
     return torch.nn.functional.cosine_similarity(a.flatten(1), ref.flatten(1).expand(a.shape[0], -1), dim=1)
 
 
@@ -281,7 +294,7 @@ def rise_saliency(model, tr: Trace, step: int, n_masks: int = 256, p: float = 0.
     ref = _pred_x0(model, z, a, cond, max_batch)
     zm = masks * z + (1 - masks) * noise
     x0 = _pred_x0(model, zm, a, cond, max_batch)
-    scores = _cosine_rows(x0, ref)
+    scores = _similarity_rows(x0, ref)
     sal = (scores.view(-1, 1, 1) * masks[:, 0]).sum(0) / (n_masks * p)
     return Saliency(sal.numpy(), step, a, "DF-RISE", dict(n_masks=n_masks, p=p, cells=cells, seed=seed))
 
@@ -294,11 +307,17 @@ def unet_blocks(model) -> list[str]:
 
 
 @cached("timesteps")
-def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None = None) -> Saliency:
-    """DF-CAM at ``step``: Grad-CAM on UNet ``block`` (a name from :func:`unet_blocks`, or a list whose
-    min-max-normalised maps are averaged; default: the last up block but one) for the cosine
-    similarity of the predicted clean latent to the final latent. Map (h, w), ≥ 0."""
+def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None = None,
+                     weighting: str = "hires") -> Saliency:
+    """DF-CAM at ``step`` on UNet ``block`` (a name from :func:`unet_blocks`, or a list whose
+    max-normalised maps are averaged; default: the last up block but one), for the similarity (Pearson)
+    of the predicted clean latent to the final latent. ``weighting``: ``"hires"`` (default) is
+    |Σ_k ∂s/∂A_k ⊙ A_k| per location (HiResCAM's element-wise product, as a magnitude, since a
+    similarity has no "class" whose sign would matter); ``"gradcam"`` is classic Grad-CAM,
+    ReLU(Σ_k mean(∂s/∂A_k)·A_k). Map (h, w), ≥ 0, at latent resolution."""
     step = _check_step(tr, step)
+    if weighting not in ("hires", "gradcam"):
+        raise ValueError(f"weighting must be 'hires' or 'gradcam', not {weighting!r}")
     names = unet_blocks(model)
     blocks = [block] if isinstance(block, str) else list(block or [names[-2]])
     for b in blocks:
@@ -313,7 +332,7 @@ def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None 
         a = float(tr.logsnrs[step])
         e = model.eps(z, a, model.condition(tr.prompt), grad=True)
         x0 = model.pred_x0(z, a, e)
-        score = _cosine_rows(x0, tr.generation.latents[:1].to(x0)).sum()
+        score = _similarity_rows(x0, tr.generation.latents[:1].to(x0)).sum()
         grads = torch.autograd.grad(score, [acts[b] for b in blocks])
     finally:
         for h in handles:
@@ -321,11 +340,15 @@ def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None 
     cams = []
     for b, grad in zip(blocks, grads):
         act = acts[b].detach()
-        cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(1, keepdim=True))
+        if weighting == "hires":
+            cam = (grad * act).sum(1, keepdim=True).abs()
+        else:
+            cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(1, keepdim=True))
         cam = torch.nn.functional.interpolate(cam, size=model.latent_shape[-2:], mode="bilinear", align_corners=False)
         cam = cam[0, 0]
         cams.append(cam / cam.max() if len(blocks) > 1 and cam.max() > 0 else cam)
-    return Saliency(torch.stack(cams).mean(0).numpy(), step, a, "DF-CAM", dict(block=blocks if len(blocks) > 1 else blocks[0]))
+    params = dict(block=blocks if len(blocks) > 1 else blocks[0], weighting=weighting)
+    return Saliency(torch.stack(cams).mean(0).numpy(), step, a, "DF-CAM", params)
 
 
 # -- faithfulness -----------------------------------------------------------------------------------------
