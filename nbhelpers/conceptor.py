@@ -636,7 +636,7 @@ def decompose(model, concept: str, k: int = 5, steps: int = 500, n_train: int = 
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            losses.append(float(den))
+            losses.append(float(den.detach()))
             if progress:
                 bar.set_postfix(loss=f"{float(den):.4f}", refresh=False)
             if step % eval_every == 0 or step == steps:
