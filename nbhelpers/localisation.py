@@ -159,8 +159,8 @@ def world_pairs(n_images: int, seed: int = 0, split: str = "all"):
 @cached("studies")
 def generated_pairs(model, n_images: int, seed: int = 0, steps: int = 25, guidance: float = 3.0,
                     batch: int = 50, split: str = "all"):
-    """Generate pair scenes and keep those the checker reads fully right; masks are the checker's blobs.
-    Returns (scenes, images, masks)."""
+    """Generate pair scenes and keep those the checker reads fully right and with at least one word
+    naming one object (as :func:`world_pairs`); masks are the checker's blobs. Returns (scenes, images, masks)."""
     from .toyworld import world
     from .toyworld.checker import check_scene, match_readings
 
@@ -171,7 +171,7 @@ def generated_pairs(model, n_images: int, seed: int = 0, steps: int = 25, guidan
         gen = model.generate([s.caption() for s in chunk], seed=[seed + start + j for j in range(len(chunk))],
                              steps=steps, guidance=guidance)
         for s, img in zip(chunk, gen.images):
-            if all(all(r.values()) for r in check_scene(s, img)):
+            if localisation_words(s) and all(all(r.values()) for r in check_scene(s, img)):
                 scenes.append(s)
                 images.append(img)
                 masks.append([r.mask for r in match_readings(s, img)])
