@@ -6,7 +6,8 @@ word is not shared by both objects), four maps are compared with the object's ma
 ``cmi`` (i(x; word | rest) per pixel), ``cmi smoothed`` (the same, Gaussian-smoothed with σ =
 ``smooth`` latent pixels: each pixel's Monte-Carlo estimate is noisy, and a latent pixel's neighbours
 share its object), ``mi`` (i(x; prompt) per pixel, the same for every word), ``attention`` (DAAM-style
-cross-attention) and ``attention+cmi`` (mean of the two min-max-normalised maps). Scores: mIoU at thresholds of the min-max-normalised map (the best of 50 in [0.1, 0.5] as
+cross-attention) and ``attention+cmi`` (mean of the two min-max-normalised maps). Scores: mIoU at
+thresholds of the min-max-normalised map (the best of 50 in [0.1, 0.5] as
 published, chosen on the evaluation set itself, and a threshold chosen on a separate calibration half,
 which is the honest number), and the threshold-free AUROC.
 """

@@ -19,7 +19,7 @@ and DAAM's per-step cross-attention).
 The similarity is Pearson's correlation of the two latents (the cosine of their deviations from each
 channel's spatial mean), not the raw cosine. A flat background carries no content but most of a latent's
 energy, so a raw cosine is decided by the background: on the toy world DF-RISE with the raw cosine ranked
-the object's pixels *below* a random map (AUROC 0.42 on 10 images), with the correlation at 0.78. Classic
+the object's pixels *below* a random map (AUROC 0.42-0.44 on 10 images), with the correlation at 0.70-0.78. Classic
 Grad-CAM (channel-averaged gradients, rectified) picks the object or exactly its complement depending on
 the signs of a few channels (AUROC 0.02 to 0.99 from image to image, mean 0.60); the element-wise
 magnitude does not average signs away (AUROC ≥ 0.9 on every one of 20 images).
