@@ -2,7 +2,7 @@
 world's ground truth (Kong et al.'s COCO-IT protocol, on the toy world).
 
 For each two-object image and each word that names one object (its colour and its noun, when the
-word is not shared by both objects), four maps are compared with the object's mask:
+word is not shared by both objects), five maps are compared with the object's mask:
 ``cmi`` (i(x; word | rest) per pixel), ``cmi smoothed`` (the same, Gaussian-smoothed with σ =
 ``smooth`` latent pixels: each pixel's Monte-Carlo estimate is noisy, and a latent pixel's neighbours
 share its object), ``mi`` (i(x; prompt) per pixel, the same for every word), ``attention`` (DAAM-style
