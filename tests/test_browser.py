@@ -165,19 +165,33 @@ def _wait_kernel_idle(lab: _Lab, timeout_s: float, settle_s: float = 2.0):
 
 
 def test_widget_redraws_in_jupyterlab(tmp_path):
+    """A timeout (a first JupyterLab start in a fresh environment on a loaded 2-core machine can be slow)
+    gets one more try with a new server; a failed assertion never does."""
     _browser_or_skip()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):  # no stale screenshots from an earlier run
         old.unlink()
     print(f"\nbrowser test screenshots: {ARTIFACTS}")
-    root = tmp_path / "root"
-    root.mkdir()
-    _prepare_notebook(root / NOTEBOOK.name)
+    try:
+        _session(tmp_path / "attempt1")
+    except (TimeoutError, PlaywrightTimeout) as e:
+        print(f"first attempt timed out ({type(e).__name__}: {str(e).splitlines()[0][:300]}); trying once more "
+              "with a new server (JupyterLab's and the kernel's caches are warm now)")
+        _session(tmp_path / "attempt2")
 
+
+def _session(tmp: Path):
+    """One JupyterLab server over a fresh copy of the tour and one headless Chromium: open, run all,
+    move the slider."""
+    from playwright.sync_api import sync_playwright
+
+    root = tmp / "root"
+    root.mkdir(parents=True)
+    _prepare_notebook(root / NOTEBOOK.name)
     t0 = time.monotonic()
-    lab = _Lab(root, tmp_path)
+    lab = _Lab(root, tmp)
     try:
         lab.wait_ready()
         print(f"jupyter lab up on {lab.base} after {time.monotonic() - t0:.1f} s (log: {lab.log_path})")
