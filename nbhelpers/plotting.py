@@ -337,6 +337,33 @@ def bias_heatmap(table, dimension: str, title: str = ""):
     return fig
 
 
+def guidance_rates(rows, title: str = ""):
+    """The same subjects audited at several guidance scales: each (subject, dimension = group) row's rate
+    with its 95 % interval, one colour per guidance (``rows``: columns subject, dimension, group,
+    guidance, rate, ci_low, ci_high); 0.5 marked."""
+    import seaborn as sns
+
+    t = rows.assign(label=rows.subject + " · " + rows.dimension + " = " + rows.group)
+    labels = list(dict.fromkeys(t.sort_values("label").label))
+    scales = sorted(t.guidance.unique())
+    colours = sns.color_palette("crest", len(scales))
+    fig, ax = plt.subplots(figsize=(5.2, 0.4 * len(labels) + 1.3))
+    for k, (g, colour) in enumerate(zip(scales, colours)):
+        r = t[t.guidance == g].set_index("label").reindex(labels).dropna(subset=["rate"])
+        y = np.array([labels.index(lab) for lab in r.index]) + (k - (len(scales) - 1) / 2) * 0.22
+        ax.errorbar(r.rate, y, xerr=[(r.rate - r.ci_low).clip(lower=0), (r.ci_high - r.rate).clip(lower=0)],
+                    fmt="o", ms=4, color=colour, capsize=3, label=f"guidance {g:g}")
+    ax.axvline(0.5, color="0.6", lw=0.8, ls="--")
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of images (95 % bootstrap interval)")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title or "the same subjects at two guidance scales", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def forest_plot(table, dimension: str, group: str, title: str = ""):
     """Rate of ``group`` per subject with its bootstrap 95 % interval, the reference rate, flagged
     subjects in red; subjects sorted by rate."""

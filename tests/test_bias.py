@@ -115,10 +115,11 @@ def test_toy_audit_flags_every_planted_noun(toy_audit):
         assert flagged[key]["group"] == group
 
 
-@pytest.mark.xfail(strict=True, reason="the bundled model itself draws 'lawyer' (a triangle, like the planted-cool "
-                   "'pilot') cool 82 % (45 of 55 read) and small 79 % at guidance 3, and cool 83 % even unguided (38 of "
-                   "46): a bias it learned (world: 50 %), so the audit rightly flags it; 'pilot' is cool 98 % at "
-                   "guidance 3 (planted 85 %). The synthetic audits above check the statistics exactly")
+@pytest.mark.xfail(strict=True, reason="the bundled model draws 'lawyer' (a triangle, like the planted-cool 'pilot') "
+                   "cool 82 % (45 of 55 read) at guidance 3 on the audit's seeds 0-59, and more often than the world's "
+                   "50 % even at guidance 1 (83 % on seeds 0-59, 65 % on seeds 5000-5095): a bias it learned, so the "
+                   "audit rightly flags it. A subject-weighted fine-tune (nbhelpers.toyworld.calibrate, 1000 steps) "
+                   "moved it only to about 60 %. The synthetic audits above check the statistics exactly")
 def test_toy_audit_flags_exactly_the_planted_nouns(toy_audit):
     summary = bias.summarise(toy_audit)
     print(toy_audit.round(3).to_string())
