@@ -3,7 +3,8 @@ closer to the world's. **Neither is part of the shipped model's recipe** (`make 
 and found not to fix the case they were written for; they are kept as tools for a longer run.
 
     python -m nbhelpers.toyworld.calibrate --model <copy of data/models/toy> --params embeddings --steps 300
-    python -m nbhelpers.toyworld.calibrate --model <copy> --params all --kind-weights pair=2,subject=6 --steps 1000 --lr 2e-4
+    python -m nbhelpers.toyworld.calibrate --model <copy> --params all --kind-weights pair=2,subject=6 \
+        --steps 1000 --lr 2e-4
 
 The case: the jointly trained model draws "a lawyer" (a triangle, 50 % warm in the world) cool 65-83 % of the time
 at guidance 1, near "a pilot" (also a triangle, planted 85 % cool; the two nouns' input embeddings have cosine 0.81),
@@ -16,7 +17,8 @@ so the bias audit (lesson 05) rightly flags a bias the world does not have.
 - ``--params all``: UNet and text encoder on all scene kinds with subject scenes up-weighted (re-weighting whole kinds
   leaves every caption's image distribution, hence the MMSE optimum, unchanged), 10 % empty captions, EMA of the
   weights. Measured (1000 steps, subject ×6, peak lr 2e-4, 15 min on 2 threads): lawyer cool 64 % on seeds 0-239
-  and 47 % on seeds 5000-5095 (59 % of the 285 read together), still flagged on the audit's seeds; every other toy-model number would need re-checking.
+  and 47 % on seeds 5000-5095 (59 % of the 285 read together). The audit at guidance 1 (seeds 0-59) then flagged
+  doctor and teacher (cool 73 %, 70 %) and missed nurse (warm 64 %): no better, so it was not adopted.
 
 The model folder is rewritten in place (safetensors) and each run is appended to ``training_log.json``
 (``fine_tuning``: steps, rate, subject-scene loss before and after, seconds).
@@ -97,7 +99,8 @@ def calibrate(model_dir: Path, steps: int = 400, lr: float = 1e-3, batch: int = 
     ``params="embeddings"``: only the subject nouns' token-embedding rows, on subject scenes (every other
     prompt unchanged). ``params="all"``: UNet and text encoder on all scene kinds sampled with
     ``kind_weights`` (e.g. ``{"subject": 6}``), 10 % empty captions as in training, and an EMA
-    (``ema``) of the weights saved (``"embeddings"`` saves the last weights: the rate decays to 0). Returns the record also written to ``training_log.json``."""
+    (``ema``) of the weights saved (``"embeddings"`` saves the last weights: the rate decays to 0).
+    Returns the record also written to ``training_log.json``."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
