@@ -337,10 +337,11 @@ def bias_heatmap(table, dimension: str, title: str = ""):
     return fig
 
 
-def guidance_rates(rows, title: str = ""):
+def guidance_rates(rows, planted=None, title: str = ""):
     """The same subjects audited at several guidance scales: each (subject, dimension = group) row's rate
     with its 95 % interval, one colour per guidance (``rows``: columns subject, dimension, group,
-    guidance, rate, ci_low, ci_high); 0.5 marked."""
+    guidance, rate, ci_low, ci_high); 0.5 marked, and known true rates (``planted``: columns subject,
+    dimension, group, planted) as black bars."""
     import seaborn as sns
 
     t = rows.assign(label=rows.subject + " · " + rows.dimension + " = " + rows.group)
@@ -354,6 +355,11 @@ def guidance_rates(rows, title: str = ""):
         ax.errorbar(r.rate, y, xerr=[(r.rate - r.ci_low).clip(lower=0), (r.ci_high - r.rate).clip(lower=0)],
                     fmt="o", ms=4, color=colour, capsize=3, label=f"guidance {g:g}")
     ax.axvline(0.5, color="0.6", lw=0.8, ls="--")
+    if planted is not None and len(planted):
+        p = planted.assign(label=planted.subject + " · " + planted.dimension + " = " + planted.group)
+        p = p[p.label.isin(labels)]
+        ax.scatter(p.planted, [labels.index(lab) for lab in p.label], marker="|", s=200, color="black", zorder=3,
+                   label="planted")
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlim(0, 1)
