@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import world
-from .train import SCHEDULE, cosine_lr, to_unit
+from .train import SCHEDULE, cosine_lr, denoising_loss, loss_weights, to_unit
 
 
 def subject_token_ids(tokenizer) -> list[int]:
@@ -47,23 +47,6 @@ def subject_token_ids(tokenizer) -> list[int]:
         raise ValueError(f"subject-noun tokens {sorted(shared)} are shared with other words; calibrating them "
                          "would change other prompts")
     return subject
-
-
-def batch_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty: float = 0.0):
-    """The training loss (v-prediction, min(1 + SNR, 6) clean-image weight, half the timesteps from the
-    noisier 60 %) on scenes ``idx``, captions with the training word dropout, a share ``p_empty`` empty."""
-    captions = ["" if p_empty and rng.random() < p_empty else scenes[i].caption(world.random_drop(rng, scenes[i]))
-                for i in idx]
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    x0 = latents[torch.from_numpy(np.asarray(idx))]
-    noise = torch.randn(x0.shape, generator=gen)
-    b = len(idx)
-    t = torch.where(torch.rand(b, generator=gen) < 0.5, torch.randint(0, 1000, (b,), generator=gen),
-                    torch.randint(400, 1000, (b,), generator=gen))
-    pred = unet(sched.add_noise(x0, noise, t), t, text(ids).last_hidden_state).sample
-    target = sched.get_velocity(x0, noise, t)
-    return (weight[t] * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
 def _encode(vae, scenes) -> torch.Tensor:
@@ -114,8 +97,7 @@ def calibrate(model_dir: Path, steps: int = 400, lr: float = 1e-3, batch: int = 
     unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
     vae = AutoencoderKL.from_pretrained(model_dir / "vae").eval()
     sched = DDPMScheduler(**SCHEDULE)
-    snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
-    weight = torch.clamp(snr + 1, max=6.0) / (snr + 1)
+    weight = loss_weights(sched)
     scenes, latents = _training_data(model_dir, vae, params, n_scenes, seed)
 
     table = text.get_input_embeddings().weight
@@ -148,15 +130,15 @@ def calibrate(model_dir: Path, steps: int = 400, lr: float = 1e-3, batch: int = 
     def held_loss():  # on a fixed set of subject scenes, noise and captions
         r, g = np.random.default_rng(seed + 2), torch.Generator().manual_seed(seed + 2)
         with torch.no_grad():
-            return float(np.mean([batch_loss(unet, text, tokenizer, sched, weight, latents, scenes, i, r, g).item()
-                                  for i in eval_idx]))
+            return float(np.mean([denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, i, r, g,
+                                                 p_empty=0.0).item() for i in eval_idx]))
 
     t0, loss0, losses = time.time(), held_loss(), []
     for step in tqdm(range(steps), desc=f"fine-tune ({params})", mininterval=10):
         for grp in opt.param_groups:
             grp["lr"] = cosine_lr(step, steps, lr, warmup=min(50, steps // 10 + 1))
         idx = rng.choice(len(scenes), batch, p=probs)
-        loss = batch_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty)
+        loss = denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if params == "all":

@@ -155,6 +155,33 @@ def kind_weights(scenes, weights: dict[str, float] | None) -> np.ndarray | None:
     return w / w.sum()
 
 
+def loss_weights(sched) -> torch.Tensor:
+    """Per-timestep weights of the loss on v, (1000,): the implied clean-image weight is min(1 + SNR, 6),
+    capped at low noise (min-SNR-5 in v form) and never below 1 at high noise, where the layout is
+    decided. Any positive per-timestep weight keeps the per-timestep MMSE optimum the information
+    estimators need."""
+    snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+    return torch.clamp(snr + 1, max=6.0) / (snr + 1)
+
+
+def denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty: float = 0.1):
+    """The training loss on scenes ``idx``: captions redrawn with the word dropout (a share ``p_empty``
+    empty), half the timesteps uniform and half from the noisier 60 % (layout and position), v-prediction
+    weighted by ``weight[t]``. ``rng`` (numpy) draws captions, ``gen`` (torch) noise and timesteps."""
+    captions = ["" if p_empty and rng.random() < p_empty else scenes[i].caption(world.random_drop(rng, scenes[i]))
+                for i in idx]
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    x0 = latents[torch.from_numpy(np.asarray(idx))]
+    noise = torch.randn(x0.shape, generator=gen)
+    b = len(idx)
+    t = torch.where(torch.rand(b, generator=gen) < 0.5, torch.randint(0, 1000, (b,), generator=gen),
+                    torch.randint(400, 1000, (b,), generator=gen))
+    pred = unet(sched.add_noise(x0, noise, t), t, text(ids).last_hidden_state).sample
+    target = sched.get_velocity(x0, noise, t)
+    return (weight[t] * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+
+
 def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: float, batch: int, seed: int,
                    log: dict, max_steps: int | None = None, extend_steps: int = 0, extend_lr: float = 3e-4,
                    extend_kind_weights: dict[str, float] | None = None):
@@ -172,12 +199,7 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
     ema_unet = EMAModel(unet.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
     ema_text = EMAModel(text.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
     sched = DDPMScheduler(**SCHEDULE)
-    acp = sched.alphas_cumprod
-    snr = acp / (1 - acp)
-    # Loss on v, weighted so that the implied clean-image weight is min(1 + SNR, 6): capped at low
-    # noise (min-SNR-5 in v form) and never below 1 at high noise, where the layout is decided. Any
-    # positive per-timestep weight keeps the per-timestep MMSE optimum the information estimators need.
-    weight = torch.clamp(snr + 1, max=6.0) / (snr + 1)
+    weight = loss_weights(sched)
 
     class _EMAWrap(torch.nn.Module):  # so that the checkpointer can treat EMA like a module
         def __init__(self, ema):
@@ -221,25 +243,10 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
             idx = rng.choice(len(scenes), size=batch, p=probs)
         else:
             idx = rng.integers(0, len(scenes), batch)
-        captions = []
-        for i in idx:
-            sc = scenes[i]
-            captions.append("" if rng.random() < 0.1 else sc.caption(world.random_drop(rng, sc)))
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
-        x0 = latents[torch.from_numpy(idx)]
-        noise = torch.randn(x0.shape, generator=gen)
-        # half the batch uniform over timesteps, half over the noisier 60 % (layout and position)
-        t = torch.where(torch.rand(batch, generator=gen) < 0.5, torch.randint(0, 1000, (batch,), generator=gen),
-                        torch.randint(400, 1000, (batch,), generator=gen))
-        zt = sched.add_noise(x0, noise, t)
         for g in opt.param_groups:
             g["lr"] = (cosine_lr(step - first, extend_steps, extend_lr, warmup=100) if in_extension
                        else cosine_lr(step, (first if extend_steps else total) or 10**6, 1e-3))
-        cond = text(ids).last_hidden_state
-        pred = unet(zt, t, cond).sample
-        target = sched.get_velocity(x0, noise, t)
-        loss = (weight[t] * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
