@@ -18,7 +18,9 @@ so the bias audit (lesson 05) rightly flags a bias the world does not have.
   leaves every caption's image distribution, hence the MMSE optimum, unchanged), 10 % empty captions, EMA of the
   weights. Measured (1000 steps, subject ×6, peak lr 2e-4, 15 min on 2 threads): lawyer cool 64 % on seeds 0-239
   and 47 % on seeds 5000-5095 (59 % of the 285 read together). The audit at guidance 1 (seeds 0-59) then flagged
-  doctor and teacher (cool 73 %, 70 %) and missed nurse (warm 64 %): no better, so it was not adopted.
+  doctor and teacher (cool 73 %, 70 %) and missed nurse (warm 64 %): no better, so it was not adopted. 1500 more
+  steps (subject ×8) fixed lawyer's colour at guidance 3 (58 % cool) but left doctor and teacher flagged small
+  (70 %, 73 %); not adopted either.
 
 The model folder is rewritten in place (safetensors) and each run is appended to ``training_log.json``
 (``fine_tuning``: steps, rate, subject-scene loss before and after, seconds).
