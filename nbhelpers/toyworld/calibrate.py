@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import world
-from .train import SCHEDULE, cosine_lr, denoising_loss, loss_weights, to_unit
+from .train import SCHEDULE, cosine_lr, denoising_loss, encode_all, kind_weights as kind_probs, loss_weights, render_all
 
 
 def subject_token_ids(tokenizer) -> list[int]:
@@ -52,11 +52,9 @@ def subject_token_ids(tokenizer) -> list[int]:
 
 
 def _encode(vae, scenes) -> torch.Tensor:
+    """Scaled latents (posterior means) of the scenes' images, (n, 4, 16, 16)."""
     with torch.no_grad():
-        images = torch.from_numpy(np.stack([s.render() for s in tqdm(scenes, desc="render", mininterval=10)]))
-        images = images.permute(0, 3, 1, 2)
-        return torch.cat([vae.encode(to_unit(images[i:i + 500])).latent_dist.mean
-                          for i in range(0, len(images), 500)]) * vae.config.scaling_factor
+        return encode_all(vae, render_all(scenes)) * vae.config.scaling_factor
 
 
 def _training_data(model_dir: Path, vae, params: str, n_scenes: int, seed: int):
@@ -87,6 +85,7 @@ def calibrate(model_dir: Path, steps: int = 400, lr: float = 1e-3, batch: int = 
     (``ema``) of the weights saved (``"embeddings"`` saves the last weights: the rate decays to 0).
     Returns the record also written to ``training_log.json``."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import EMAModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     if params not in ("embeddings", "all"):
@@ -113,16 +112,16 @@ def calibrate(model_dir: Path, steps: int = 400, lr: float = 1e-3, batch: int = 
         mask[rows] = 1.0
         table.requires_grad_(True)
         table.register_hook(lambda g: g * mask)  # only the subject rows ever receive a gradient
-        trainable, probs, p_empty = [table], None, 0.0
+        # no EMA here: it would round the frozen rows; the last weights are saved (the rate decays to 0)
+        trainable, probs, p_empty, averaged = [table], None, 0.0, None
         opt = torch.optim.Adam(trainable, lr=lr, weight_decay=0.0)
     else:
         unet.train()
         text.train()
         trainable = [p for p in list(unet.parameters()) + list(text.parameters()) if p.requires_grad]
-        w = np.array([(kind_weights or {}).get(sc.kind, 1.0) for sc in scenes])
-        probs, p_empty = w / w.sum(), 0.1
+        probs, p_empty = kind_probs(scenes, kind_weights), 0.1
         opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=1e-2)
-    shadow = [p.detach().clone() for p in trainable]
+        averaged = EMAModel(trainable, decay=ema, use_ema_warmup=True, power=0.75)
 
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     subj = [i for i, sc in enumerate(scenes) if sc.kind == "subject"]
@@ -135,7 +134,7 @@ def calibrate(model_dir: Path, steps: int = 400, lr: float = 1e-3, batch: int = 
             return float(np.mean([denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, i, r, g,
                                                  p_empty=0.0).item() for i in eval_idx]))
 
-    t0, loss0, losses = time.time(), held_loss(), []
+    t0, loss0 = time.time(), held_loss()
     for step in tqdm(range(steps), desc=f"fine-tune ({params})", mininterval=10):
         for grp in opt.param_groups:
             grp["lr"] = cosine_lr(step, steps, lr, warmup=min(50, steps // 10 + 1))
@@ -146,16 +145,10 @@ def calibrate(model_dir: Path, steps: int = 400, lr: float = 1e-3, batch: int = 
         if params == "all":
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
-        if params == "all":  # (an EMA would round the frozen embedding rows: none for "embeddings")
-            with torch.no_grad():
-                d = min(ema, (1 + step) / (10 + step))
-                for s_, p in zip(shadow, trainable):
-                    s_.mul_(d).add_(p.detach(), alpha=1 - d)
-        losses.append(loss.item())
-    if params == "all":
-        with torch.no_grad():
-            for s_, p in zip(shadow, trainable):
-                p.copy_(s_)
+        if averaged is not None:
+            averaged.step(trainable)
+    if averaged is not None:
+        averaged.copy_to(trainable)
     unet.eval()
     text.eval()
     loss1 = held_loss()

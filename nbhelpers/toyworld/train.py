@@ -55,8 +55,13 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, be
 def make_dataset(n: int, seed: int) -> tuple[list[world.Scene], torch.Tensor]:
     """``n`` training scenes and their images as uint8 (n, 3, 32, 32)."""
     scenes = world.sample_scenes(n, seed=seed, split="train")
+    return scenes, render_all(scenes)
+
+
+def render_all(scenes) -> torch.Tensor:
+    """The scenes' images as uint8 (n, 3, 32, 32)."""
     images = np.stack([s.render() for s in tqdm(scenes, desc="render", mininterval=5)])
-    return scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
 def to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
