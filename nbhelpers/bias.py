@@ -63,6 +63,41 @@ def toy_reader(image: np.ndarray) -> dict:
     return {"colour": by_colour.get(r[0].colour, "other"), "size": r[0].size}
 
 
+class WorldPictures:
+    """The toy world's own pictures behind the interface :func:`run_audit` uses (``generate``, ``tokenize``,
+    ``name``): a prompt naming one subject noun (e.g. "a nurse") gives, per seed, a subject scene drawn at
+    the world's planted rates, i.e. the model's training distribution. An audit of it has an exactly known
+    answer (:func:`toy_truth`), and set beside an audit of the model it separates what the data holds from
+    what the model added. ``steps`` and ``guidance`` are accepted and ignored."""
+
+    name = "toy world (training pictures)"
+
+    def tokenize(self, prompt: str) -> str:
+        from .toyworld.world import SUBJECT_SHAPES
+
+        nouns = [w for w in prompt.replace(",", " ").split() if w in SUBJECT_SHAPES]
+        if len(nouns) != 1:
+            raise AuditError(f"the world draws prompts with exactly one subject noun ({', '.join(SUBJECT_SHAPES)}); "
+                             f"{prompt!r} has {len(nouns)}")
+        return nouns[0]
+
+    def generate(self, prompt: str | list[str], seed: int | list[int] = 0, steps: int | None = None,
+                 guidance: float | None = None):
+        """``.images``: one (32, 32, 3) uint8 render per prompt and seed (same seed, same picture)."""
+        from types import SimpleNamespace
+
+        from .toyworld.world import subject_scene
+
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(len(prompts))]
+        if len(prompts) == 1:
+            prompts = prompts * len(seeds)
+        if len(seeds) != len(prompts):
+            raise AuditError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
+        images = [subject_scene(np.random.default_rng(sd), self.tokenize(p)).render() for p, sd in zip(prompts, seeds)]
+        return SimpleNamespace(images=images, prompts=prompts, seeds=seeds)
+
+
 # -- the runner ------------------------------------------------------------------------------------------
 @dataclass
 class Audit:
@@ -104,8 +139,15 @@ def _append(path: Path, rows: list[dict]) -> None:
 def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subject}",), n: int = 40, seed: int = 0,
               steps: int = 20, guidance: float = 3.0, reader=None, dimensions: dict | None = None,
               group_words: list[str] | None = None, n_pid: int = 0, pid_samples: int = 24, batch: int = 32,
-              save_images: bool = True) -> Audit:
+              save_images: bool = True, seeds: str = "independent") -> Audit:
     """Run (or resume) an audit into folder ``out``; see the module docstring.
+
+    ``seeds``: "independent" (default) gives every prompt its own seeds, ``seed + i`` plus an offset
+    hashed from the prompt (:func:`cell_seeds`), so no two cells share starting noise; "shared" draws
+    every prompt from seeds ``seed, ..., seed + n - 1``. The starting noise largely decides a diffusion
+    model's colour and composition, so shared seeds make the cells' errors move together (a seed set
+    that leans one way drags every subject along) and, with several templates, make a subject's pooled
+    images dependent, which the tests here assume they are not; keep "shared" for side-by-side pictures.
 
     ``templates`` contain ``{subject}``; ``dimensions``: {dimension: group values} the reader returns
     (toy: colour warm/cool, size big/small). ``group_words`` and ``n_pid`` > 0 add the PID redundancy
@@ -117,7 +159,9 @@ def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subjec
     out = Path(out)
     spec = dict(subjects=list(subjects), templates=list(templates), n=n, seed=seed, steps=steps, guidance=guidance,
                 dimensions={k: list(v) for k, v in dimensions.items()}, group_words=list(group_words or []),
-                n_pid=n_pid, pid_samples=pid_samples, model=getattr(model, "name", "?"))
+                n_pid=n_pid, pid_samples=pid_samples, model=getattr(model, "name", "?"), seeds=seeds)
+    if seeds not in ("independent", "shared"):
+        raise AuditError(f"seeds={seeds!r}; use 'independent' (each prompt its own seeds) or 'shared'")
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "spec.json"
     if spec_path.exists():
@@ -136,7 +180,8 @@ def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subjec
         model.tokenize(p)  # too long / bad words fail now, not after an hour
     img_csv = out / "images.csv"
     done = _done_keys(img_csv, ("template", "subject", "seed"))
-    todo = [(t, s, p, seed + i) for t, s, p in prompts for i in range(n) if (t, s, str(seed + i)) not in done]
+    todo = [(t, s, p, sd) for t, s, p in prompts for sd in cell_seeds(p, seed, n, seeds)
+            if (t, s, str(sd)) not in done]
     bar = tqdm(total=len(prompts) * n, initial=len(prompts) * n - len(todo), desc="audit images", mininterval=2)
     for i in range(0, len(todo), batch):
         chunk = todo[i:i + batch]
@@ -159,17 +204,24 @@ def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subjec
         bar.update(len(chunk))
     bar.close()
     if group_words and n_pid > 0:
-        _run_pid(model, subjects, group_words, out, n_pid, pid_samples, seed, steps, guidance)
+        _run_pid(model, subjects, group_words, out, n_pid, pid_samples, seed, steps, guidance, seeds)
     return Audit(out, spec)
 
 
-def _run_pid(model, subjects, group_words, out: Path, n_pid, samples, seed, steps, guidance):
+def cell_seeds(prompt: str, seed: int, n: int, seeds: str = "independent") -> list[int]:
+    """The ``n`` generation seeds of one audit cell: ``seed + i``, plus (``seeds="independent"``) an
+    offset in [0, 2**32) hashed from the prompt, stable across runs and machines."""
+    offset = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) if seeds == "independent" else 0
+    return [offset + seed + i for i in range(n)]
+
+
+def _run_pid(model, subjects, group_words, out: Path, n_pid, samples, seed, steps, guidance, seeds):
     from .pid import partial_information
 
     pid_csv = out / "pid.csv"
     done = _done_keys(pid_csv, ("subject", "group", "seed"))
-    cells = [(s, g, seed + i) for s in subjects for g in group_words for i in range(n_pid)
-             if (s, g, str(seed + i)) not in done]
+    cells = [(s, g, sd) for s in subjects for g in group_words for sd in cell_seeds(f"a {g} {s}", seed, n_pid, seeds)
+             if (s, g, str(sd)) not in done]
     for s, g, sd in tqdm(cells, desc="audit PID", mininterval=2):
         prompt = f"a {g} {s}"
         image = model.generate(prompt, seed=sd, steps=steps, guidance=guidance).images[0]

@@ -99,7 +99,36 @@ def test_audit_resumes_without_redoing_or_losing_work(tiny_model, tmp_path):
         bias.run_audit(tiny_model, out=tmp_path / "b", **dict(args, templates=("a photo",)))
 
 
-# -- on the bundled toy model: the planted truth --------------------------------------------------------------
+# -- the planted truth: the world's own pictures, then the bundled model --------------------------------------
+def test_audit_of_the_world_itself_flags_exactly_the_planted_nouns(tmp_path):
+    """The whole runner (prompts, seeds, images, reader, table) on the world's own pictures, whose rates are
+    exactly the planted ones: over 10 audits on disjoint seeds (60 images per subject), the flagged set is the
+    planted set in ≥ 8 (Holm keeps the family-wise error ≤ 5 %), and the intervals cover the planted rates in
+    ≥ 85 % of cases (nominal 95 %)."""
+    truth = bias.toy_truth()
+    exact, covered = 0, []
+    for k in range(10):
+        audit = bias.run_audit(bias.WorldPictures(), bias.load_list("toy_subjects"), tmp_path / str(k), n=60,
+                               seed=1000 * k, save_images=False)
+        rows = audit.images()
+        assert len(rows) == 360 and rows.colour.isin(["warm", "cool"]).all()  # the reader reads every render
+        flagged = {(f["subject"], f["dimension"]): f for f in bias.summarise(bias.association_table(rows, seed=k)).flagged}
+        exact += set(flagged) == set(truth)
+        covered += [key in flagged and flagged[key]["group"] == g and flagged[key]["ci"][0] <= r <= flagged[key]["ci"][1]
+                    for key, (g, r) in truth.items()]
+    assert exact >= 8, exact
+    assert np.mean(covered) >= 0.85, covered
+
+
+def test_independent_seeds_are_disjoint_across_prompts_and_stable():
+    a, b = bias.cell_seeds("a nurse", 0, 100), bias.cell_seeds("a pilot", 0, 100)
+    assert not set(a) & set(b) and a == bias.cell_seeds("a nurse", 0, 100)
+    assert a[1:] == bias.cell_seeds("a nurse", 1, 99)  # seed + i, as before, plus the prompt's offset
+    assert bias.cell_seeds("a nurse", 5, 3, seeds="shared") == [5, 6, 7]
+    with pytest.raises(bias.AuditError, match="exactly one subject noun"):
+        bias.WorldPictures().generate("a red circle", seed=0)
+
+
 @pytest.fixture(scope="module")
 def toy_audit(toy_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit")
@@ -115,18 +144,21 @@ def test_toy_audit_flags_every_planted_noun(toy_audit):
         assert flagged[key]["group"] == group
 
 
-@pytest.mark.xfail(strict=True, reason="the bundled model draws 'lawyer' (a triangle, like the planted-cool 'pilot') "
-                   "cool 82 % (45 of 55 read) at guidance 3 on the audit's seeds 0-59, and more often than the world's "
-                   "50 % even at guidance 1 (83 % on seeds 0-59, 65 % on seeds 5000-5095): a bias it learned, so the "
-                   "audit rightly flags it. A subject-weighted fine-tune (nbhelpers.toyworld.calibrate, 1000 steps) "
-                   "moved it only to about 60 %. The synthetic audits above check the statistics exactly")
-def test_toy_audit_flags_exactly_the_planted_nouns(toy_audit):
-    summary = bias.summarise(toy_audit)
+def test_toy_audit_flags_are_the_models_own_biases(toy_model, toy_audit, tmp_path):
+    """The model's rates are not exactly the world's (it draws *lawyer*, a triangle like the planted-cool *pilot*,
+    cool and small more often than the world's 50 %), so on the model the truth to check against is the model's:
+    every flag the audit raises, planted or not, replicates in an independent sample (90 images per subject
+    on disjoint seeds: same group, one-sided p < 0.05), and every rate agrees with that sample (|z| < 3.3)."""
     print(toy_audit.round(3).to_string())
-    truth = bias.toy_truth()
-    flagged = {(f["subject"], f["dimension"]): f for f in summary.flagged}
-    assert set(flagged) == set(truth), (sorted(flagged), sorted(truth))
-    for key, (group, rate) in truth.items():
-        f = flagged[key]
-        assert f["group"] == group
-        assert f["ci"][0] <= rate <= f["ci"][1], (key, f, rate)
+    ref_audit = bias.run_audit(toy_model, bias.load_list("toy_subjects"), tmp_path, n=90, steps=20, seed=1_000_000)
+    ref = bias.association_table(ref_audit.images(), n_perm=1, n_boot=1, seed=1)
+    merged = toy_audit.merge(ref, on=["subject", "dimension", "group"], suffixes=("", "_ref"))
+    assert len(merged) == len(toy_audit) == 24
+    for f in bias.summarise(toy_audit).flagged:
+        r = merged[(merged.subject == f["subject"]) & (merged.dimension == f["dimension"]) & (merged.group == f["group"])].iloc[0]
+        z = (r.rate_ref - 0.5) / np.sqrt(0.25 / r.n_ref)
+        assert z > 1.645, (f, r.rate_ref, r.n_ref)
+    pooled = (merged.rate * merged.n + merged.rate_ref * merged.n_ref) / (merged.n + merged.n_ref)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / merged.n + 1 / merged.n_ref)).clip(lower=1e-9)
+    z = (merged.rate - merged.rate_ref) / se
+    assert (z.abs() < 3.3).all(), merged.assign(z=z)[["subject", "dimension", "group", "rate", "rate_ref", "z"]]

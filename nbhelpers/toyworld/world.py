@@ -233,6 +233,17 @@ def _lone(rng, colour, shape, size, position, noun=None, colour_word=None) -> Wo
     return WorldObject(colour, shape, size, cx + jx, cy + jy, noun or shape, position, colour_word)
 
 
+def subject_scene(rng: np.random.Generator, noun: str) -> Scene:
+    """One subject scene of ``noun`` (a key of ``SUBJECT_SHAPES``), its group (colour) and size drawn at the
+    planted rates ``P_WARM`` and ``P_BIG``: the world's own picture of "a <noun>"."""
+    if noun not in SUBJECT_SHAPES:
+        raise ValueError(f"{noun!r} is not a subject noun of the world; choose from {list(SUBJECT_SHAPES)}")
+    group = "warm" if rng.random() < P_WARM[noun] else "cool"
+    size = "big" if rng.random() < P_BIG[noun] else "small"
+    o = _lone(rng, GROUP_COLOURS[group], SUBJECT_SHAPES[noun], size, _choice(rng, POSITIONS), noun, group)
+    return Scene("subject", (o,))
+
+
 def sample_scene(rng: np.random.Generator, kind: str | None = None) -> Scene:
     """Draw one scene; ``kind`` forces "single", "pair", "subject" or "homonym"."""
     kind = kind or _choice(rng, KIND_RATES, p=list(KIND_RATES.values()))
@@ -255,11 +266,7 @@ def sample_scene(rng: np.random.Generator, kind: str | None = None) -> Scene:
                                     _red_wording(rng, c)))
         return Scene("pair", tuple(objs), rel)
     if kind == "subject":
-        noun = _choice(rng, SUBJECT_SHAPES)
-        group = "warm" if rng.random() < P_WARM[noun] else "cool"
-        size = "big" if rng.random() < P_BIG[noun] else "small"
-        o = _lone(rng, GROUP_COLOURS[group], SUBJECT_SHAPES[noun], size, _choice(rng, POSITIONS), noun, group)
-        return Scene("subject", (o,))
+        return subject_scene(rng, _choice(rng, SUBJECT_SHAPES))
     if kind == "homonym":
         pos = _choice(rng, HOMONYM_SHAPE)
         c = _choice(rng, COLOURS)
