@@ -364,7 +364,7 @@ def guidance_rates(rows, planted=None, title: str = ""):
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of images (95 % bootstrap interval)")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title or "the same subjects at two guidance scales", fontsize=9)
     fig.tight_layout()
     return fig
