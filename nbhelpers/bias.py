@@ -4,7 +4,8 @@ reviewer accepts, resumable on disk.
 :func:`run_audit` generates ``n`` images per (template, subject) cell, reads each image's group
 attributes with a ``reader`` (the toy world's checker by default; any classifier for real models),
 and appends one row per image to ``<out>/images.csv`` (PNG files beside it) after every batch, so an
-interrupted audit resumes where it stopped with nothing redone or lost. Optionally it measures, per
+interrupted audit resumes where it stopped with nothing redone or lost. Each prompt has its own seeds
+(:func:`cell_seeds`), so the cells' samples are independent. Optionally it measures, per
 subject and group word, the PID redundancy between the group word and the subject word in "a <group>
 <subject>" (how much of what the group word says about the image the subject word already says; see
 :mod:`nbhelpers.pid`), into ``<out>/pid.csv``.
@@ -14,6 +15,9 @@ bootstrap 95 % interval, the reference rate (``"parity"``: 1/number of groups; o
 pooled rate of the other subjects), the effect size (Cohen's h), a permutation p-value (parity: random
 relabelling of each image's group under exchangeable labels; others: permuting subject labels), and
 Holm- and Benjamini–Hochberg-corrected p-values; ``flagged`` = Holm-corrected p < ``alpha``.
+
+:class:`WorldPictures` stands in for a model with the toy world's own pictures (its training data), whose
+answer is known exactly (:func:`toy_truth`): audited beside the model, it shows which flags the model added.
 """
 from __future__ import annotations
 

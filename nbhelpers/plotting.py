@@ -344,7 +344,10 @@ def guidance_rates(rows, planted=None, title: str = ""):
     dimension, group, planted) as black bars."""
     import seaborn as sns
 
-    t = rows.assign(label=rows.subject + " · " + rows.dimension + " = " + rows.group)
+    def label(df):
+        return df.subject + " · " + df.dimension + " = " + df.group
+
+    t = rows.assign(label=label(rows))
     labels = list(dict.fromkeys(t.sort_values("label").label))
     scales = sorted(t.guidance.unique())
     colours = sns.color_palette("crest", len(scales))
@@ -356,7 +359,7 @@ def guidance_rates(rows, planted=None, title: str = ""):
                     fmt="o", ms=4, color=colour, capsize=3, label=f"guidance {g:g}")
     ax.axvline(0.5, color="0.6", lw=0.8, ls="--")
     if planted is not None and len(planted):
-        p = planted.assign(label=planted.subject + " · " + planted.dimension + " = " + planted.group)
+        p = planted.assign(label=label(planted))
         p = p[p.label.isin(labels)]
         ax.scatter(p.planted, [labels.index(lab) for lab in p.label], marker="|", s=200, color="black", zorder=3,
                    label="planted")
@@ -365,7 +368,7 @@ def guidance_rates(rows, planted=None, title: str = ""):
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of images (95 % bootstrap interval)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(title or "the same subjects at two guidance scales", fontsize=9)
+    ax.set_title(title or f"the same subjects at {len(scales)} guidance scales", fontsize=9)
     fig.tight_layout()
     return fig
 
