@@ -25,7 +25,9 @@ def test_embedding_fine_tune_changes_only_subject_prompts(tmp_path):
     others = ["a red circle on the left", "a big bat at the top", "a small crimson square below a blue triangle", ""]
     subjects = [f"a {s}" for s in world.SUBJECT_SHAPES]
     before = _encode(folder, others + subjects)
+    threads = torch.get_num_threads()
     record = calibrate.calibrate(folder, steps=4, lr=1e-2, batch=8, n_scenes=16, params="embeddings", threads=1)
+    assert torch.get_num_threads() == threads  # threads= is the fine-tune's own; it slowed every later test to 1
     after = _encode(folder, others + subjects)
     assert torch.equal(before[:len(others)], after[:len(others)]), "a prompt without a subject noun changed"
     changed = (before[len(others):] - after[len(others):]).abs().amax(dim=(1, 2)) > 0
@@ -35,3 +37,4 @@ def test_embedding_fine_tune_changes_only_subject_prompts(tmp_path):
     assert log["fine_tuning"][-1]["params"] == "embeddings"
     with pytest.raises(ValueError, match="params"):
         calibrate.calibrate(folder, params="unet")
+

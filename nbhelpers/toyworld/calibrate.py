@@ -90,87 +90,91 @@ def calibrate(model_dir: Path, steps: int = 400, lr: float = 1e-3, batch: int = 
 
     if params not in ("embeddings", "all"):
         raise ValueError(f"params must be 'embeddings' or 'all', not {params!r}")
+    previous_threads = torch.get_num_threads()  # restored on return: the caller's setting is not ours to keep
     if threads:
         torch.set_num_threads(threads)
-    model_dir = Path(model_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
-    text = CLIPTextModel.from_pretrained(model_dir / "text_encoder")
-    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
-    vae = AutoencoderKL.from_pretrained(model_dir / "vae").eval()
-    sched = DDPMScheduler(**SCHEDULE)
-    weight = loss_weights(sched)
-    scenes, latents = _training_data(model_dir, vae, params, n_scenes, seed)
+    try:
+        model_dir = Path(model_dir)
+        tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
+        text = CLIPTextModel.from_pretrained(model_dir / "text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+        vae = AutoencoderKL.from_pretrained(model_dir / "vae").eval()
+        sched = DDPMScheduler(**SCHEDULE)
+        weight = loss_weights(sched)
+        scenes, latents = _training_data(model_dir, vae, params, n_scenes, seed)
 
-    table = text.get_input_embeddings().weight
-    before = table.detach().clone()
-    rows = subject_token_ids(tokenizer)
-    if params == "embeddings":
-        unet.eval()
-        for p in list(unet.parameters()) + list(text.parameters()):
-            p.requires_grad_(False)
-        mask = torch.zeros(table.shape[0], 1)
-        mask[rows] = 1.0
-        table.requires_grad_(True)
-        table.register_hook(lambda g: g * mask)  # only the subject rows ever receive a gradient
-        # no EMA here: it would round the frozen rows; the last weights are saved (the rate decays to 0)
-        trainable, probs, p_empty, averaged = [table], None, 0.0, None
-        opt = torch.optim.Adam(trainable, lr=lr, weight_decay=0.0)
-    else:
-        unet.train()
-        text.train()
-        trainable = [p for p in list(unet.parameters()) + list(text.parameters()) if p.requires_grad]
-        probs, p_empty = kind_probs(scenes, kind_weights), 0.1
-        opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=1e-2)
-        averaged = EMAModel(trainable, decay=ema, use_ema_warmup=True, power=0.75)
+        table = text.get_input_embeddings().weight
+        before = table.detach().clone()
+        rows = subject_token_ids(tokenizer)
+        if params == "embeddings":
+            unet.eval()
+            for p in list(unet.parameters()) + list(text.parameters()):
+                p.requires_grad_(False)
+            mask = torch.zeros(table.shape[0], 1)
+            mask[rows] = 1.0
+            table.requires_grad_(True)
+            table.register_hook(lambda g: g * mask)  # only the subject rows ever receive a gradient
+            # no EMA here: it would round the frozen rows; the last weights are saved (the rate decays to 0)
+            trainable, probs, p_empty, averaged = [table], None, 0.0, None
+            opt = torch.optim.Adam(trainable, lr=lr, weight_decay=0.0)
+        else:
+            unet.train()
+            text.train()
+            trainable = [p for p in list(unet.parameters()) + list(text.parameters()) if p.requires_grad]
+            probs, p_empty = kind_probs(scenes, kind_weights), 0.1
+            opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=1e-2)
+            averaged = EMAModel(trainable, decay=ema, use_ema_warmup=True, power=0.75)
 
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    subj = [i for i, sc in enumerate(scenes) if sc.kind == "subject"]
-    eval_rng = np.random.default_rng(seed + 1)
-    eval_idx = [eval_rng.choice(subj, batch) for _ in range(8)]
+        rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+        subj = [i for i, sc in enumerate(scenes) if sc.kind == "subject"]
+        eval_rng = np.random.default_rng(seed + 1)
+        eval_idx = [eval_rng.choice(subj, batch) for _ in range(8)]
 
-    def held_loss():  # on a fixed set of subject scenes, noise and captions
-        r, g = np.random.default_rng(seed + 2), torch.Generator().manual_seed(seed + 2)
-        with torch.no_grad():
-            return float(np.mean([denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, i, r, g,
-                                                 p_empty=0.0).item() for i in eval_idx]))
+        def held_loss():  # on a fixed set of subject scenes, noise and captions
+            r, g = np.random.default_rng(seed + 2), torch.Generator().manual_seed(seed + 2)
+            with torch.no_grad():
+                return float(np.mean([denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, i, r, g,
+                                                     p_empty=0.0).item() for i in eval_idx]))
 
-    t0, loss0 = time.time(), held_loss()
-    for step in tqdm(range(steps), desc=f"fine-tune ({params})", mininterval=10):
-        for grp in opt.param_groups:
-            grp["lr"] = cosine_lr(step, steps, lr, warmup=min(50, steps // 10 + 1))
-        idx = rng.choice(len(scenes), batch, p=probs)
-        loss = denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if params == "all":
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
+        t0, loss0 = time.time(), held_loss()
+        for step in tqdm(range(steps), desc=f"fine-tune ({params})", mininterval=10):
+            for grp in opt.param_groups:
+                grp["lr"] = cosine_lr(step, steps, lr, warmup=min(50, steps // 10 + 1))
+            idx = rng.choice(len(scenes), batch, p=probs)
+            loss = denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if params == "all":
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            if averaged is not None:
+                averaged.step(trainable)
         if averaged is not None:
-            averaged.step(trainable)
-    if averaged is not None:
-        averaged.copy_to(trainable)
-    unet.eval()
-    text.eval()
-    loss1 = held_loss()
-    if params == "embeddings":
-        others = torch.ones(table.shape[0], dtype=bool)
-        others[rows] = False
-        assert torch.equal(table.detach()[others], before[others]), "a non-subject embedding row moved"
-    for p in trainable:
-        p.requires_grad_(False)
-    text.save_pretrained(model_dir / "text_encoder", safe_serialization=True)
-    if params == "all":
-        unet.save_pretrained(model_dir / "unet", safe_serialization=True)
-    record = dict(params=params, steps=steps, peak_lr=lr, batch=batch, kind_weights=kind_weights,
-                  ema=ema if params == "all" else None,
-                  subject_loss_before=loss0, subject_loss_after=loss1, seconds=time.time() - t0,
-                  subject_row_shift=float((table.detach()[rows] - before[rows]).norm(dim=1).mean()),
-                  subject_row_norm=float(before[rows].norm(dim=1).mean()))
-    log_path = model_dir / "training_log.json"
-    log = json.loads(log_path.read_text()) if log_path.exists() else {}
-    log.setdefault("fine_tuning", []).append(record)
-    log_path.write_text(json.dumps(log, indent=1))
-    return record
+            averaged.copy_to(trainable)
+        unet.eval()
+        text.eval()
+        loss1 = held_loss()
+        if params == "embeddings":
+            others = torch.ones(table.shape[0], dtype=bool)
+            others[rows] = False
+            assert torch.equal(table.detach()[others], before[others]), "a non-subject embedding row moved"
+        for p in trainable:
+            p.requires_grad_(False)
+        text.save_pretrained(model_dir / "text_encoder", safe_serialization=True)
+        if params == "all":
+            unet.save_pretrained(model_dir / "unet", safe_serialization=True)
+        record = dict(params=params, steps=steps, peak_lr=lr, batch=batch, kind_weights=kind_weights,
+                      ema=ema if params == "all" else None,
+                      subject_loss_before=loss0, subject_loss_after=loss1, seconds=time.time() - t0,
+                      subject_row_shift=float((table.detach()[rows] - before[rows]).norm(dim=1).mean()),
+                      subject_row_norm=float(before[rows].norm(dim=1).mean()))
+        log_path = model_dir / "training_log.json"
+        log = json.loads(log_path.read_text()) if log_path.exists() else {}
+        log.setdefault("fine_tuning", []).append(record)
+        log_path.write_text(json.dumps(log, indent=1))
+        return record
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 def main(argv=None):
