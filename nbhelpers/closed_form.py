@@ -98,12 +98,20 @@ class GaussianDenoiser:
 class DiscreteDenoiser:
     """Exact MMSE denoiser for x uniform-or-not over K support points in R^d.
 
-    A condition is a tensor (b, K) of log-probabilities log p(x = point_k | condition)."""
+    A condition is a tensor (b, K) of log-probabilities log p(x = point_k | condition).
 
-    def __init__(self, support: torch.Tensor):
+    ``eps`` never forms a (b, K, d) tensor: the softmax's logits use ``sa·z·s_k - sa²||s_k||²/2``
+    (``||z - sa·s_k||²`` without ``||z||²``, which is the same for every k), in chunks of rows so that a
+    call holds about ``max_elements`` float64 numbers per (rows × K) matrix whatever the batch. So a
+    support of thousands of latents (the toy world's oracle, :mod:`nbhelpers.toyworld.oracle`) is as
+    cheap as a matrix product. ``z`` is moved to the support's device and the result back to ``z``'s."""
+
+    def __init__(self, support: torch.Tensor, max_elements: int = 1 << 22):
         self.support = support.double()  # (K, d)
         self.K, self.d = self.support.shape
         self.latent_shape = (self.d, 1, 1)
+        self.max_elements = int(max_elements)
+        self._half_sq = 0.5 * self.support.pow(2).sum(1)  # (K,)
 
     @staticmethod
     def log_probs(p) -> torch.Tensor:
@@ -118,11 +126,19 @@ class DiscreteDenoiser:
 
     def eps(self, z: torch.Tensor, logsnr, cond) -> torch.Tensor:
         b = z.shape[0]
-        zf = z.reshape(b, self.d).double()
-        a = torch.as_tensor(logsnr, dtype=torch.float64).reshape(-1).expand(b)
+        dev = self.support.device
+        zf = z.reshape(b, self.d).to(dev, torch.float64)
+        a = torch.as_tensor(logsnr, dtype=torch.float64).reshape(-1).to(dev).expand(b)
         sa, sb2 = torch.sigmoid(a).sqrt(), torch.sigmoid(-a)
-        logp = cond.double().expand(b, self.K) if cond.shape[0] == 1 else cond.double()
-        d2 = ((zf[:, None, :] - sa[:, None, None] * self.support[None]) ** 2).sum(-1)  # (b, K)
-        w = torch.softmax(logp - d2 / (2 * sb2[:, None]), dim=1)
-        x_hat = w @ self.support
-        return ((zf - sa[:, None] * x_hat) / sb2.sqrt()[:, None]).float().view_as(z)
+        logp = cond.to(dev, torch.float64)
+        logp = logp.expand(b, self.K) if logp.shape[0] == 1 else logp
+        x_hat = torch.empty_like(zf)
+        rows = max(1, self.max_elements // self.K)
+        for i in range(0, b, rows):
+            r = slice(i, i + rows)
+            s_a = sa[r, None]
+            # log p(k | z, c) = log p(k | c) - ||z - sa·s_k||² / (2 sb²) + const
+            logits = logp[r] + (s_a * (zf[r] @ self.support.T) - s_a**2 * self._half_sq[None]) / sb2[r, None]
+            x_hat[r] = torch.softmax(logits, dim=1) @ self.support
+        eps = (zf - sa[:, None] * x_hat) / sb2.sqrt()[:, None]
+        return eps.float().view(z.shape).to(z.device)
