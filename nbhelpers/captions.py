@@ -34,7 +34,7 @@ class CaptionStudy:
 
 
 @cached("studies")
-def caption_scoring_study(model, scenes, images, n: int = 32, seed: int = 0, form: str = "orthogonal",
+def caption_scoring_study(model, scenes, images, n: int = 32, seed: int = 0, form: str = "standard",
                           batch_size: int = 32) -> CaptionStudy:
     """For each pair scene and its image, score the true caption against its swapped versions."""
     from .toyworld.world import swapped_captions, with_plain_red

@@ -45,6 +45,22 @@ class GaussianDenoiser:
         """I(x; y) in nats: ½ log det Σ / det Σ_post."""
         return 0.5 * float(torch.logdet(self.S) - torch.logdet(self.S_post))
 
+    def pointwise_mi(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Exact pointwise information ``log p(x | y) − log p(x)`` in nats of each latent x
+        (n, d, 1, 1) with its condition (n, 1 + k) (0 where y is not observed)."""
+        xf = x.reshape(x.shape[0], self.d).double()
+        cond = cond.double().expand(xf.shape[0], -1)
+        observed = cond[:, 0] > 0.5
+        mean = cond[:, 1:] @ self.gain.T
+
+        def logpdf(v, cov):
+            L = torch.linalg.cholesky(cov)
+            sol = torch.cholesky_solve(v.T, L).T
+            return -0.5 * (v * sol).sum(1) - torch.log(torch.diagonal(L)).sum() - 0.5 * self.d * math.log(2 * math.pi)
+
+        post = torch.where(observed, logpdf(xf - mean, self.S_post), logpdf(xf, self.S))
+        return post - logpdf(xf, self.S)
+
     def truncated_mi(self, lo: float, hi: float) -> float:
         """½ ∫_lo^hi (mmse(α) - mmse(α|y)) dα exactly, with mmse(α) = Σ σ(α + log λ_i)."""
         def integral(eigvals):
@@ -102,9 +118,10 @@ class DiscreteDenoiser:
 
     ``eps`` never forms a (b, K, d) tensor: the softmax's logits use ``sa·z·s_k - sa²||s_k||²/2``
     (``||z - sa·s_k||²`` without ``||z||²``, which is the same for every k), in chunks of rows so that a
-    call holds about ``max_elements`` float64 numbers per (rows × K) matrix whatever the batch. So a
-    support of thousands of latents (the toy world's oracle, :mod:`nbhelpers.toyworld.oracle`) is as
-    cheap as a matrix product. ``z`` is moved to the support's device and the result back to ``z``'s."""
+    call holds about ``max_elements`` float64 numbers per (rows × K) matrix whatever the batch. Rows
+    whose condition gives points probability 0 (log p = -inf) skip those points (exactly: their weight
+    is 0). So a support of thousands of latents (the toy world's oracle,
+    :mod:`nbhelpers.toyworld.oracle`) costs a matrix product. ``z`` is moved to the support's device and the result back to ``z``'s."""
 
     def __init__(self, support: torch.Tensor, max_elements: int = 1 << 22):
         self.support = support.double()  # (K, d)
@@ -133,12 +150,23 @@ class DiscreteDenoiser:
         logp = cond.to(dev, torch.float64)
         logp = logp.expand(b, self.K) if logp.shape[0] == 1 else logp
         x_hat = torch.empty_like(zf)
-        rows = max(1, self.max_elements // self.K)
-        for i in range(0, b, rows):
-            r = slice(i, i + rows)
-            s_a = sa[r, None]
-            # log p(k | z, c) = log p(k | c) - ||z - sa·s_k||² / (2 sb²) + const
-            logits = logp[r] + (s_a * (zf[r] @ self.support.T) - s_a**2 * self._half_sq[None]) / sb2[r, None]
-            x_hat[r] = torch.softmax(logits, dim=1) @ self.support
+        possible = torch.isfinite(logp)
+        if bool(possible.all()):
+            groups = [(torch.arange(b, device=dev), None)]
+        else:  # rows whose condition rules points out (log p = -inf, weight exactly 0) skip those points
+            patterns, which = torch.unique(possible, dim=0, return_inverse=True)
+            groups = [((which == g).nonzero().squeeze(1), patterns[g].nonzero().squeeze(1))
+                      for g in range(len(patterns))]
+        for rows_g, cols in groups:
+            support = self.support if cols is None else self.support[cols]
+            half_sq = self._half_sq if cols is None else self._half_sq[cols]
+            step = max(1, self.max_elements // max(1, len(support)))
+            for i in range(0, len(rows_g), step):
+                r = rows_g[i : i + step]
+                lp = logp[r] if cols is None else logp[r][:, cols]
+                s_a = sa[r, None]
+                # log p(k | z, c) = log p(k | c) - ||z - sa·s_k||² / (2 sb²) + const
+                logits = lp + (s_a * (zf[r] @ support.T) - s_a**2 * half_sq[None]) / sb2[r, None]
+                x_hat[r] = torch.softmax(logits, dim=1) @ support
         eps = (zf - sa[:, None] * x_hat) / sb2.sqrt()[:, None]
         return eps.float().view(z.shape).to(z.device)

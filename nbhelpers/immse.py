@@ -76,6 +76,18 @@ class LogSNRSampler:
         return cls(p["loc"], p["scale"], p["clip"])
 
 
+def sqrt_sigmoid(a: torch.Tensor) -> torch.Tensor:
+    """sqrt(σ(a)), elementwise (float64 in, float64 out)."""
+    return torch.sigmoid(torch.as_tensor(a, dtype=torch.float64)).sqrt()
+
+
+def add_noise(x: torch.Tensor, logsnr, eps: torch.Tensor) -> torch.Tensor:
+    """The channel every method uses: ``z = sqrt(σ(α))·x + sqrt(σ(−α))·ε``, α (B,) or a float,
+    x and ε (B, C, H, W); returns x's dtype."""
+    a = torch.as_tensor(logsnr, dtype=torch.float64).reshape(-1, 1, 1, 1)
+    return (sqrt_sigmoid(a).to(x.dtype) * x + sqrt_sigmoid(-a).to(x.dtype) * eps)
+
+
 def stratified_uniforms(n: int, generator: torch.Generator) -> torch.Tensor:
     """n uniforms, one in each of n equal strata of (0, 1), in random order."""
     u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=generator, dtype=torch.float64)) / n
@@ -122,8 +134,23 @@ class InfoResult:
         up = torch.nn.functional.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
         return (up * (m.numel() / up.numel())).numpy()
 
+    @property
+    def form(self) -> str:
+        """"standard" (the pointwise information) or "orthogonal" (not the pointwise information of
+        one image; equal to it only on average over images)."""
+        return self.params.get("form", "standard")
+
+    @property
+    def symbol(self) -> str:
+        """"i" for the standard form, "iᵒ" for the orthogonal one: how tables and plots name it."""
+        return "iᵒ" if self.form == "orthogonal" else "i"
+
+    def weighted_samples(self) -> np.ndarray:
+        """Every sample's importance-weighted integrand (its mean per image is the estimate)."""
+        return np.asarray(self.gap) * LogSNRSampler.of(self).weight(self.logsnr).numpy()
+
     def __repr__(self) -> str:
-        return f"InfoResult({self.value:.4g} ± {self.stderr:.2g} {self.units})"
+        return f"InfoResult({self.value:.4g} ± {self.stderr:.2g} {self.units}, {self.form} form)"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -160,21 +187,169 @@ def _take(cond, idx: torch.Tensor, n_items: int):
     return cond[idx.to(cond.device)]
 
 
-@torch.no_grad()
+def _predict(denoiser, z: torch.Tensor, a: torch.Tensor, cs: list) -> torch.Tensor:
+    """ε̂ for every condition in ``cs`` at the same (z, α): (K, b, C, H, W). Conditions are stacked
+    into one denoiser call; ``None`` (unconditional) is the denoiser's ``null_condition()`` when it
+    has one, otherwise that condition gets a call of its own with ``cond=None``."""
+    K, b = len(cs), z.shape[0]
+    nulls = [c is None for c in cs]
+    if all(nulls):
+        return denoiser.eps(z, a, None).float()[None].expand(K, *z.shape)
+    if any(nulls) and hasattr(denoiser, "null_condition"):
+        null = denoiser.null_condition()
+        cs = [null.expand(b, *null.shape[1:]) if c is None else c for c in cs]
+        nulls = [False] * K
+    real = [c for c in cs if c is not None]
+    out = denoiser.eps(z.repeat(len(real), 1, 1, 1), a.repeat(len(real)), torch.cat(real)).float()
+    out = list(out.view(len(real), *z.shape))
+    if any(nulls):
+        e_null = denoiser.eps(z, a, None).float()
+        out = [e_null if is_null else out.pop(0) for is_null in nulls]
+    return torch.stack(out)
+
+
+def unit_values(weighted: np.ndarray, logsnr: np.ndarray, n_items: int, antithetic: bool) -> np.ndarray:
+    """(n_items, m) estimation units from per-sample importance-weighted integrands (in sample
+    order): the mean of each antithetic pair (ε, −ε), or each sample alone; sorted by log-SNR
+    within an image so that neighbours are neighbouring strata."""
+    w = np.asarray(weighted, np.float64).reshape(n_items, -1)
+    a = np.asarray(logsnr, np.float64).reshape(n_items, -1)
+    if antithetic:
+        w, a = w.reshape(n_items, -1, 2).mean(2), a.reshape(n_items, -1, 2)[..., 0]
+    order = np.argsort(a, axis=1, kind="stable")
+    return np.take_along_axis(w, order, axis=1)
+
+
+def design_variance(units: np.ndarray, stratified: bool) -> np.ndarray:
+    """Variance of each image's estimate (the mean of its m units), (n_items,); NaN when m < 2.
+
+    Independent units: s²/m. Stratified units (one per stratum, sorted by stratum): from the second
+    differences of neighbouring strata, ``E[(u_j − 2u_{j+1} + u_{j+2})²] ≈ 6σ²`` for independent units
+    of equal variance σ², whatever the linear trend of the α-curve across the three strata, so
+    ``Var ≈ mean((Δ²u)²)/6 / m``. A trend's curvature makes it slightly conservative; with m = 2 the
+    plain difference is used (conservative by the trend). Calibration is measured in
+    ``tests/test_info_calibration.py`` and ``benchmarks/bench_info.py``."""
+    n_items, m = units.shape
+    if m < 2:
+        return np.full(n_items, np.nan)
+    if not stratified:
+        return units.var(axis=1, ddof=1) / m
+    if m == 2:
+        return (units[:, 0] - units[:, 1]) ** 2 / 4
+    d2 = units[:, :-2] - 2 * units[:, 1:-1] + units[:, 2:]
+    return (d2 ** 2).mean(1) / 6 / m
+
+
+def combined_stderr(weighted: np.ndarray, logsnr: np.ndarray, params: dict) -> float:
+    """Standard error of the mean over images of any per-sample linear combination of terms
+    (e.g. a PID component or the difference of two captions' scores) estimated in one call of
+    :func:`information_terms` with ``params`` (the result's ``params``). Monte Carlo error for the
+    given images; with one unit per image it falls back to the spread across images."""
+    n_items, rounds = int(params.get("n_images", 1)), int(params.get("rounds", 1))
+    w = np.asarray(weighted, np.float64).reshape(n_items * rounds, -1)  # rounds are independent blocks
+    a = np.asarray(logsnr, np.float64).reshape(n_items * rounds, -1)
+    units = unit_values(w, a, n_items * rounds, bool(params.get("antithetic", False)))
+    var = design_variance(units, bool(params.get("stratified", True))).reshape(n_items, rounds).sum(1) / rounds ** 2
+    units = units.reshape(n_items, -1)
+    if np.isnan(var).any():
+        per_item = units.mean(1)
+        return float(per_item.std(ddof=1) / math.sqrt(n_items)) if n_items > 1 else float("nan")
+    return float(math.sqrt(var.sum()) / n_items)
+
+
+AUTO_ROUND = 32  # samples per image in each round of n="auto"
+
+
 def information_terms(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: dict[str, tuple[str, str]],
-                      n: int = 100, form: str = "orthogonal", seed: int = 0, sampler: LogSNRSampler | None = None,
+                      n: int | str = 64, form: str = "standard", seed: int = 0, target_stderr: float | None = None,
+                      max_n: int = 1024, **kwargs) -> dict[str, InfoResult]:
+    """Estimate several information terms of the same images with shared noise (see
+    :func:`_estimate` for the design and every keyword).
+
+    ``n``: samples (denoiser evaluations per condition) per image, or ``"auto"``: rounds of
+    ``AUTO_ROUND`` samples per image, each with its own seed, until every term's standard error is at
+    most ``target_stderr`` (nats) or ``max_n`` samples per image are spent (``params["rounds"]`` says
+    how many ran, ``params["reached_target"]`` whether the target was met). Rounds are pooled as
+    independent replicates; stopping on the estimated error makes the pooled value very slightly
+    dependent on its own noise, far below its standard error."""
+    if n != "auto":
+        if target_stderr is not None:
+            raise ValueError("target_stderr only applies with n='auto'; give one or the other")
+        return _estimate(denoiser, x, conds, pairs, n=n, form=form, seed=seed, **kwargs)
+    if target_stderr is None or not (float(target_stderr) > 0):
+        raise ValueError(f"n='auto' needs target_stderr > 0 (nats), not {target_stderr!r}")
+    if isinstance(max_n, bool) or not isinstance(max_n, (int, np.integer)) or max_n < AUTO_ROUND:
+        raise ValueError(f"max_n must be a whole number ≥ {AUTO_ROUND}, not {max_n!r}")
+    max_rounds = max_n // AUTO_ROUND
+    rounds: list[dict[str, InfoResult]] = []
+    want = 1
+    while len(rounds) < want:
+        rounds.append(_estimate(denoiser, x, conds, pairs, n=AUTO_ROUND, form=form,
+                                seed=int(seed) + 7919 * len(rounds), **kwargs))
+        if len(rounds) == want:
+            pooled = _pool(rounds)
+            worst = max(r.stderr for r in pooled.values())
+            if worst > target_stderr and want < max_rounds:
+                want = min(max_rounds, max(want + 1, math.ceil(want * (worst / target_stderr) ** 2 * 1.1)))
+    pooled = _pool(rounds)
+    for r in pooled.values():
+        r.params.update(n="auto", target_stderr=float(target_stderr), max_n=max_n,
+                        reached_target=bool(r.stderr <= target_stderr))
+    return pooled
+
+
+def _pool(rounds: list[dict[str, InfoResult]]) -> dict[str, InfoResult]:
+    """Independent rounds of the same design pooled into one result per term."""
+    if len(rounds) == 1:
+        return {lab: InfoResult.from_dict(r.to_dict()) for lab, r in rounds[0].items()}
+    out = {}
+    for lab, first in rounds[0].items():
+        rs = [rd[lab] for rd in rounds]
+        n_items, R = first.params["n_images"], len(rs)
+        cat = lambda k: np.concatenate([np.asarray(getattr(r, k)).reshape(n_items, -1) for r in rs], 1)  # noqa: E731
+        logsnr = np.stack([np.asarray(r.logsnr).reshape(n_items, -1) for r in rs], 1).reshape(-1)
+        gap = np.stack([np.asarray(r.gap).reshape(n_items, -1) for r in rs], 1).reshape(-1)
+        per_item = cat("per_item").mean(1) if first.per_item is not None else None
+        value = float(np.mean([r.value for r in rs]))
+        params = dict(first.params, rounds=R, n=first.params["n"] * R, seed=first.params["seed"],
+                      denoiser_calls=sum(r.params["denoiser_calls"] for r in rs),
+                      evaluations=sum(r.params["evaluations"] for r in rs))
+        res = InfoResult(value, 0.0, first.units,
+                         None if first.map is None else np.mean([r.map for r in rs], 0), per_item, logsnr, gap, params)
+        res.stderr = combined_stderr(res.weighted_samples(), logsnr, params)
+        if n_items > 1:
+            params["population_stderr"] = float(np.std(per_item, ddof=1) / math.sqrt(n_items))
+        out[lab] = res
+    return out
+
+
+@torch.no_grad()
+def _estimate(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: dict[str, tuple[str, str]],
+              n: int = 64, form: str = "standard", seed: int = 0, sampler: LogSNRSampler | None = None,
                       batch_size: int = 64, keep_map: bool = True, progress: bool | None = None,
-                      stratified: bool = True) -> dict[str, InfoResult]:
+                      stratified: bool = True, antithetic: bool = True) -> dict[str, InfoResult]:
     """Estimate several information terms of the same images with shared noise.
 
     ``x``: clean latents (N, C, H, W) (or one (C, H, W)); ``conds``: name → condition (batch 1 or N;
     None = unconditional); ``pairs``: label → (weak, strong) condition names, each giving
-    i(x; strong | weak). ``n`` samples of (α, ε) per image, stratified in α, shared by all
-    conditions (``stratified=False`` draws α independently, as the published code does); each
-    denoiser call holds every condition for ``batch_size`` samples.
-    Returns label → :class:`InfoResult` (for N > 1: value = mean over images, per_item set)."""
+    i(x; strong | weak). ``form``: "standard" (the pointwise information, unbiased for one image) or
+    "orthogonal" (see the module docstring; not the pointwise information of one image).
+
+    The design, per image: ``n`` denoiser evaluations per condition, all shared by every condition
+    (common random numbers). With ``antithetic=True`` (the default) they are n/2 log-SNRs, each with a
+    noise draw ε and its mirror −ε; with ``stratified=True`` (the default) the log-SNRs are one per
+    equal-probability stratum of the sampler. ``stratified=False, antithetic=False`` is the published
+    design (i.i.d. α, one ε each). Each denoiser call holds every condition for ``batch_size`` samples.
+    Returns label → :class:`InfoResult` (for N > 1: value = mean over images, per_item set; stderr =
+    Monte Carlo error for these images, ``params["population_stderr"]`` the spread across images)."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive whole number of samples per image, not {n!r}")
+    n = int(n)
+    if antithetic and n % 2:
+        raise ValueError(f"n={n} is odd but antithetic=True draws samples in pairs (ε, −ε); give an even n "
+                         "or antithetic=False")
     if x.ndim == 3:
         x = x[None]
     for label, (weak, strong) in pairs.items():
@@ -182,45 +357,39 @@ def information_terms(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: d
             if name not in conds:
                 raise KeyError(f"pair {label!r} names condition {name!r}, which is not among {list(conds)}")
     sampler = sampler or LogSNRSampler.for_model(denoiser)
-    names = list(conds)
-    k_of = {nm: i for i, nm in enumerate(names)}
+    used = list(dict.fromkeys(nm for pair in pairs.values() for nm in pair))  # only what the pairs need
+    k_of = {nm: i for i, nm in enumerate(used)}
     n_items = x.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
-    u = torch.cat([stratified_uniforms(n, gen) if stratified else torch.rand(n, generator=gen, dtype=torch.float64)
+    m = n // 2 if antithetic else n  # log-SNRs per image
+    u = torch.cat([stratified_uniforms(m, gen) if stratified else torch.rand(m, generator=gen, dtype=torch.float64)
                    for _ in range(n_items)])
     alphas, weights = sampler.sample(u)
+    if antithetic:
+        alphas, weights = alphas.repeat_interleave(2), weights.repeat_interleave(2)
     item = torch.arange(n_items).repeat_interleave(n)
     total = n_items * n
     h, w = x.shape[-2:]
     per_sample = {lab: torch.empty(total, dtype=torch.float64) for lab in pairs}
     maps = {lab: torch.zeros(n_items, h, w, dtype=torch.float64) for lab in pairs} if keep_map else None
-    K = len(names)
-    step = max(1, batch_size)
+    step = max(2, batch_size - batch_size % 2) if antithetic else max(1, batch_size)
     bar = tqdm(total=total, desc="information", disable=(total < 2000) if progress is None else not progress,
                leave=False)
+    calls = 0
     for s in range(0, total, step):
         idx = item[s : s + step]
         b = len(idx)
         a = alphas[s : s + step]
         wt = weights[s : s + step]
         x_b = x[idx].float()
-        eps = torch.randn(x_b.shape, generator=gen)
-        sa = torch.sigmoid(a).sqrt().float().view(-1, 1, 1, 1)
-        sb = torch.sigmoid(-a).sqrt().float().view(-1, 1, 1, 1)
-        z = sa * x_b + sb * eps
-        cs = [_take(conds[nm], idx, n_items) for nm in names]
-        if any(c is None for c in cs):
-            if not all(c is None for c in cs):
-                null = getattr(denoiser, "null_condition", None)
-                if null is None:
-                    raise ValueError("mixing None with other conditions needs denoiser.null_condition()")
-                cs = [null().expand(b, *null().shape[1:]) if c is None else c for c in cs]
-                cond = torch.cat(cs)
-            else:
-                cond = None
+        if antithetic:
+            half = torch.randn((b // 2, *x_b.shape[1:]), generator=gen)
+            eps = torch.stack([half, -half], 1).reshape(x_b.shape)
         else:
-            cond = torch.cat(cs)
-        e_hat = denoiser.eps(z.repeat(K, 1, 1, 1), a.repeat(K), cond).float().view(K, b, *x_b.shape[1:])
+            eps = torch.randn(x_b.shape, generator=gen)
+        z = add_noise(x_b, a, eps)
+        e_hat = _predict(denoiser, z, a, [_take(conds[nm], idx, n_items) for nm in used])
+        calls += 1
         for lab, (weak, strong) in pairs.items():
             ew, es = e_hat[k_of[weak]], e_hat[k_of[strong]]
             if form == "orthogonal":
@@ -234,19 +403,21 @@ def information_terms(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: d
         bar.update(b)
     bar.close()
     out = {}
-    params = dict(n=n, form=form, seed=seed, stratified=stratified, loc=sampler.loc, scale=sampler.scale, clip=sampler.clip,
-                  n_images=n_items, batch_size=batch_size, denoiser_calls=math.ceil(total / step))
+    params = dict(n=n, form=form, seed=seed, stratified=stratified, antithetic=antithetic, loc=sampler.loc,
+                  scale=sampler.scale, clip=sampler.clip, n_images=n_items, batch_size=batch_size,
+                  denoiser_calls=calls, evaluations=total * len(used))
     for lab in pairs:
         gap = per_sample[lab]
-        vals = gap * weights  # importance-weighted integrand: unbiased for ∫ ½ gap dα
-        per_item = vals.view(n_items, n).mean(1)
+        vals = (gap * weights).numpy()  # importance-weighted integrand: unbiased for ∫ ½ gap dα
+        per_item = vals.reshape(n_items, n).mean(1)
         value = float(per_item.mean())
-        stderr = float(vals.std(unbiased=True) / math.sqrt(total)) if total > 1 else float("nan")
-        m = maps[lab] / n if keep_map else None
+        p = dict(params, pair=list(pairs[lab]))
+        stderr = combined_stderr(vals, alphas.numpy(), p)
+        p["population_stderr"] = float(per_item.std(ddof=1) / math.sqrt(n_items)) if n_items > 1 else None
+        mp = maps[lab] / n if keep_map else None
         out[lab] = InfoResult(value, stderr, "nats",
-                              None if m is None else (m[0].numpy() if n_items == 1 else m.mean(0).numpy()),
-                              per_item.numpy() if n_items > 1 else None, alphas.numpy(), gap.numpy(),
-                              dict(params, pair=list(pairs[lab])))
+                              None if mp is None else (mp[0].numpy() if n_items == 1 else mp.mean(0).numpy()),
+                              per_item if n_items > 1 else None, alphas.numpy(), gap.numpy(), p)
     return out
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .immse import FORMS, InfoResult, LogSNRSampler, information_terms, mi_curve  # noqa: F401
+from .immse import FORMS, InfoResult, LogSNRSampler, combined_stderr, information_terms, mi_curve  # noqa: F401
 from .cache import cached
 
 
@@ -32,63 +32,79 @@ def as_latent(model, image) -> torch.Tensor:
 
 @dataclass
 class PromptInformation:
-    """``prompt``: i(x; prompt) against the null prompt; ``words``: word → i(x; word | rest)."""
+    """``prompt``: i(x; prompt) against the null prompt (None when not asked for); ``words``: word →
+    i(x; word | rest). Each result's ``form`` says whether it is the pointwise information."""
 
     prompt_text: str
-    prompt: InfoResult
+    prompt: InfoResult | None
     words: dict[str, InfoResult]
     reduced_prompts: dict[str, str] = field(default_factory=dict)
 
     def to(self, units: str) -> "PromptInformation":
-        return PromptInformation(self.prompt_text, self.prompt.to(units), {w: r.to(units) for w, r in self.words.items()},
+        return PromptInformation(self.prompt_text, None if self.prompt is None else self.prompt.to(units),
+                                 {w: r.to(units) for w, r in self.words.items()},
                                  dict(self.reduced_prompts))
 
     def table(self):
         """A pandas table: term, value, stderr, units."""
         import pandas as pd
 
-        rows = [{"term": f"i(x; '{self.prompt_text}')", "value": self.prompt.value, "stderr": self.prompt.stderr,
-                 "units": self.prompt.units}]
-        rows += [{"term": f"i(x; {w} | rest)", "value": r.value, "stderr": r.stderr, "units": r.units}
-                 for w, r in self.words.items()]
+        rows = [] if self.prompt is None else [
+            {"term": f"{self.prompt.symbol}(x; '{self.prompt_text}')", "value": self.prompt.value,
+             "stderr": self.prompt.stderr, "units": self.prompt.units, "form": self.prompt.form}]
+        rows += [{"term": f"{r.symbol}(x; {w} | rest)", "value": r.value, "stderr": r.stderr, "units": r.units,
+                  "form": r.form} for w, r in self.words.items()]
         return pd.DataFrame(rows)
 
 
 @cached("info")
-def prompt_information(model, image, prompt: str, words: list[str] | None = None, n: int = 64,
-                       form: str = "orthogonal", seed: int = 0, policy: str = "delete", batch_size: int = 32,
-                       sampler: LogSNRSampler | None = None, keep_map: bool = True) -> PromptInformation:
+def prompt_information(model, image, prompt: str, words: list[str] | None = None, n: int | str = 64,
+                       form: str = "standard", seed: int = 0, policy: str = "delete", batch_size: int = 32,
+                       sampler: LogSNRSampler | None = None, keep_map: bool = True, include_prompt: bool = True,
+                       target_stderr: float | None = None) -> PromptInformation:
     """MI of ``prompt`` and CMI of each of ``words`` (default: every distinct word of the prompt)
-    with ``image``, all from the same ``n`` samples of (α, ε) and one batched UNet call per batch."""
+    with ``image``, all from the same ``n`` samples of (α, ε) and one batched UNet call per batch.
+
+    Only the conditions the terms need are evaluated: the full prompt, each prompt without a word,
+    and the empty prompt only when ``include_prompt`` (i(x; prompt) against the null prompt).
+    ``form="standard"`` is the pointwise information of this image (unbiased); ``"orthogonal"`` is
+    lower-variance and non-negative per pixel but is not the information of one image (results say
+    which form they are). ``n="auto"`` with ``target_stderr`` (nats) samples until every term
+    reaches that precision (see :func:`nbhelpers.immse.information_terms`)."""
     tp = model.tokenize(prompt)
     if words is None:
         words = list(dict.fromkeys(w.text for w in tp.words))
+    if not include_prompt and not words:
+        raise ValueError("nothing to estimate: give words, or include_prompt=True for i(x; prompt)")
     reduced = {w: model.remove_word(prompt, w, policy=policy) for w in words}  # raises for a missing word
     x = as_latent(model, image)
-    names = ["null", "full"] + [f"-{w}" for w in words]
-    texts = ["", prompt] + [reduced[w] for w in words]
+    names = (["null"] if include_prompt else []) + ["full"] + [f"-{w}" for w in words]
+    texts = ([""] if include_prompt else []) + [prompt] + [reduced[w] for w in words]
     cond_all = model.encode_text(texts)
     conds = {nm: cond_all[i : i + 1] for i, nm in enumerate(names)}
-    pairs = {"prompt": ("null", "full")}
+    pairs = {"prompt": ("null", "full")} if include_prompt else {}
     pairs.update({f"word:{w}": (f"-{w}", "full") for w in words})
     res = information_terms(model, x, conds, pairs, n=n, form=form, seed=seed, sampler=sampler,
-                            batch_size=batch_size, keep_map=keep_map)
+                            batch_size=batch_size, keep_map=keep_map, target_stderr=target_stderr)
     for r in res.values():
         r.params.update(prompt=prompt, policy=policy)
-    return PromptInformation(prompt, res["prompt"], {w: res[f"word:{w}"] for w in words}, reduced)
+    return PromptInformation(prompt, res.get("prompt"), {w: res[f"word:{w}"] for w in words}, reduced)
 
 
-def mutual_information(model, image, prompt: str, n: int = 64, form: str = "orthogonal", seed: int = 0,
+def mutual_information(model, image, prompt: str, n: int | str = 64, form: str = "standard", seed: int = 0,
                        **kwargs) -> InfoResult:
-    """i(x; prompt) in nats: what the prompt tells about the image, against the empty prompt."""
+    """i(x; prompt) in nats: what the prompt tells about this image, against the empty prompt
+    (two conditions per sample). ``form="standard"``: the pointwise information (unbiased)."""
     return prompt_information(model, image, prompt, words=[], n=n, form=form, seed=seed, **kwargs).prompt
 
 
-def conditional_mutual_information(model, image, prompt: str, word: str, n: int = 64, form: str = "orthogonal",
-                                   seed: int = 0, policy: str = "delete", **kwargs) -> InfoResult:
-    """i(x; word | rest of the prompt) in nats, with its per-pixel map."""
+def conditional_mutual_information(model, image, prompt: str, word: str, n: int | str = 64,
+                                   form: str = "standard", seed: int = 0, policy: str = "delete",
+                                   **kwargs) -> InfoResult:
+    """i(x; word | rest of the prompt) in nats, with its per-pixel map: the prompt with and without
+    the word (two conditions per sample; the empty prompt is not evaluated)."""
     return prompt_information(model, image, prompt, words=[word], n=n, form=form, seed=seed, policy=policy,
-                              **kwargs).words[word]
+                              include_prompt=False, **kwargs).words[word]
 
 
 @dataclass
@@ -99,6 +115,7 @@ class CaptionScores:
     values: np.ndarray
     stderr: np.ndarray
     diff_stderr: np.ndarray  # stderr of (value - value of the best), from the shared noise
+    form: str = "standard"
 
     @property
     def best(self) -> int:
@@ -106,10 +123,16 @@ class CaptionScores:
 
 
 @cached("info")
-def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "orthogonal", seed: int = 0,
+def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "standard", seed: int = 0,
                    batch_size: int = 32, sampler: LogSNRSampler | None = None) -> CaptionScores:
     """Score candidate captions of one image by i(x; caption); all captions share one noise draw, so
-    their differences are estimated far more precisely than each value."""
+    their differences are estimated far more precisely than each value.
+
+    The default is the standard form: with shared noise the difference of two captions' scores is
+    then the difference of their denoising errors, which a caption that conflicts with the image
+    raises. The orthogonal form ``||ε̂(z) − ε̂(z|caption)||²`` grows with *any* change a caption
+    makes to the prediction, a conflicting one included, so it ranks conflicting captions high
+    (measured in lesson 01 and ``tests/test_captions.py``)."""
     if not captions:
         raise ValueError("give at least one caption to score")
     x = as_latent(model, image)
@@ -119,10 +142,9 @@ def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "
     pairs = {f"c{i}": ("null", f"c{i}") for i in range(len(captions))}
     res = information_terms(model, x, conds, pairs, n=n, form=form, seed=seed, sampler=sampler,
                             batch_size=batch_size, keep_map=False)
-    values = np.array([res[f"c{i}"].value for i in range(len(captions))])
-    weighted = np.stack([r.gap * LogSNRSampler.of(r).weight(r.logsnr).numpy() for r in (res[f"c{i}"] for i in range(len(captions)))])
+    rs = [res[f"c{i}"] for i in range(len(captions))]
+    values = np.array([r.value for r in rs])
+    weighted = np.stack([r.weighted_samples() for r in rs])
     best = int(np.argmax(values))
-    diff = weighted - weighted[best]
-    diff_se = diff.std(axis=1, ddof=1) / np.sqrt(diff.shape[1])
-    return CaptionScores(list(captions), values, np.array([res[f"c{i}"].stderr for i in range(len(captions))]), diff_se)
-
+    diff_se = np.array([combined_stderr(w - weighted[best], rs[0].logsnr, rs[0].params) for w in weighted])
+    return CaptionScores(list(captions), values, np.array([r.stderr for r in rs]), diff_se, form)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .immse import InfoResult, LogSNRSampler, information_terms
+from .immse import InfoResult, LogSNRSampler, combined_stderr, information_terms
 from .cache import cached
 
 TERMS = ("redundancy", "unique1", "unique2", "synergy")
@@ -127,10 +127,6 @@ def pid_prompts(model, prompt: str, word1: str, word2: str, context: str = "rest
     return {"c": "", "c+y1": word1, "c+y2": word2, "c+y1+y2": both}
 
 
-def _weighted(r: InfoResult) -> np.ndarray:
-    return np.asarray(r.gap) * LogSNRSampler.of(r).weight(r.logsnr).numpy()
-
-
 @cached("pid")
 def partial_information(model, image, prompt: str, word1: str, word2: str, context: str = "rest", n: int = 64,
                         form: str = "orthogonal", seed: int = 0, policy: str = "delete", batch_size: int = 32,
@@ -151,11 +147,11 @@ def partial_information(model, image, prompt: str, word1: str, word2: str, conte
     values = {k: float(v) for k, v in decompose(i1, i2, i12).items()}
     maps = decompose(res["i1"].map, res["i2"].map, res["i12"].map)
     # standard errors from the shared samples: R follows the smaller term, S = i12 - the larger one
-    w = {k: _weighted(res[k]) for k in pairs}
+    w = {k: res[k].weighted_samples() for k in pairs}
     small, large = ("i1", "i2") if i1 <= i2 else ("i2", "i1")
     per_sample = {"redundancy": w[small], "unique1": w["i1"] - w[small], "unique2": w["i2"] - w[small],
                   "synergy": w["i12"] - w[large]}
-    stderr = {k: float(v.std(ddof=1) / np.sqrt(len(v))) for k, v in per_sample.items()}
+    stderr = {k: combined_stderr(v, res["i1"].logsnr, res["i1"].params) for k, v in per_sample.items()}
     return PIDResult((word1, word2), context, prompts, res, values, stderr, maps, "nats",
                      dict(res["i1"].params, prompt=prompt, policy=policy))
 
