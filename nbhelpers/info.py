@@ -148,3 +148,25 @@ def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "
     best = int(np.argmax(values))
     diff_se = np.array([combined_stderr(w - weighted[best], rs[0].logsnr, rs[0].params) for w in weighted])
     return CaptionScores(list(captions), values, np.array([r.stderr for r in rs]), diff_se, form)
+
+
+def forms_table(denoiser, x: torch.Tensor, weak, strong, exact: np.ndarray | None = None, n: int = 2000,
+                seed: int = 0, sampler: LogSNRSampler | None = None):
+    """Both forms of the pointwise information of each sample in ``x`` (N, C, H, W) alone, beside the
+    exact value when known (e.g. ``GaussianDenoiser.pointwise_mi``): a pandas table with one row per
+    sample (nats). Shows that the standard form is the information of *this* sample and the
+    orthogonal form is not (it only agrees on average over samples)."""
+    import pandas as pd
+
+    rows = []
+    for j in range(x.shape[0]):
+        cj = lambda c: c if c is None or c.shape[0] == 1 else c[j : j + 1]  # noqa: E731
+        row = {"sample": j}
+        if exact is not None:
+            row["exact log p(x|y)/p(x)"] = float(exact[j])
+        for form in FORMS[::-1]:
+            r = information_terms(denoiser, x[j : j + 1], {"w": cj(weak), "s": cj(strong)}, {"t": ("w", "s")}, n=n,
+                                  form=form, seed=seed + j, sampler=sampler, keep_map=False)["t"]
+            row[f"{r.symbol} ({form})"], row[f"± ({form})"] = r.value, r.stderr
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("sample")

@@ -77,9 +77,10 @@ class InterventionResult:
 
 @cached("studies")
 def intervention_study(model, images, prompts: list[str], words: list[str], n: int = 32, steps: int = 25,
-                       seed: int = 0, policy: str = "delete") -> InterventionResult:
+                       seed: int = 0, policy: str = "delete", form: str = "orthogonal") -> InterventionResult:
     """For each (image, prompt, word): invert with the prompt, regenerate with and without the word,
-    and compare the change with the word's CMI map and value."""
+    and compare the change with the word's CMI map and value (``form``: of the map and value; the
+    orthogonal form's maps are non-negative like the change they are compared with, as published)."""
     records, changes, cmis = [], [], []
     for k, (image, prompt, word) in enumerate(tqdm(list(zip(images, prompts, words)), desc="intervention",
                                                    leave=False)):
@@ -88,11 +89,12 @@ def intervention_study(model, images, prompts: list[str], words: list[str], n: i
         z_T = ddim_invert(model, x, prompt, steps)
         full, omitted = ddim_sample(model, z_T, [prompt, without], steps)
         change = (full - omitted).pow(2).sum(0).numpy()
-        info = prompt_information(model, x, prompt, words=[word], n=n, seed=seed + k, policy=policy)
+        info = prompt_information(model, x, prompt, words=[word], n=n, seed=seed + k, policy=policy, form=form,
+                                  include_prompt=False)
         cmi = info.words[word]
         changes.append(change)
         cmis.append(cmi.map)
         records.append({"image": k, "prompt": prompt, "word": word, "without": without,
                         "change": float(change.sum()), "cmi": cmi.value, "cmi_stderr": cmi.stderr,
                         "reconstruction_error": float((full - x[0]).pow(2).mean())})
-    return InterventionResult(records, changes, cmis, dict(n=n, steps=steps, seed=seed, policy=policy))
+    return InterventionResult(records, changes, cmis, dict(n=n, steps=steps, seed=seed, policy=policy, form=form))

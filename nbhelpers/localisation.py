@@ -112,10 +112,12 @@ def shape_difference_mask(scene, i: int, size: int | None = None) -> np.ndarray:
 @cached("studies")
 def localisation_study(model, scenes, images: np.ndarray, masks: list[list[np.ndarray]], n: int = 32,
                        attention_n: int = 8, seed: int = 0, batch_size: int = 32,
-                       smooth: float = 1.0) -> LocalisationResult:
+                       smooth: float = 1.0, form: str = "orthogonal") -> LocalisationResult:
     """Localise the object words of each pair scene in its image. ``masks[k][i]`` is object i's mask in
     image k (exact for renders; the checker's blob for generations). ``smooth``: σ of the ``cmi
-    smoothed`` map, in latent pixels (fixed in advance, not tuned on the evaluation set)."""
+    smoothed`` map, in latent pixels (fixed in advance, not tuned on the evaluation set). ``form``:
+    the maps' form; the orthogonal one (the published choice) is non-negative per pixel, which a
+    map to threshold needs, and its value is not the pointwise information of the image."""
     from scipy.ndimage import gaussian_filter
 
     if not smooth > 0:
@@ -127,7 +129,7 @@ def localisation_study(model, scenes, images: np.ndarray, masks: list[list[np.nd
             continue
         prompt = scene.caption()
         info = prompt_information(model, image, prompt, words=[w for w, _ in words], n=n, seed=seed + k,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, form=form)
         att = word_attention_maps(model, image, prompt, words=[w for w, _ in words], n=attention_n, seed=seed + k)
         for w, i in words:
             cmi = info.words[w].map

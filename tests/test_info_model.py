@@ -11,13 +11,13 @@ from nbhelpers.toyworld import world
 
 def test_prompt_information_shares_noise_and_maps_sum(tiny_model):
     img = world.sample_scenes(1, seed=0, kind="pair")[0].render()
-    pi = info.prompt_information(tiny_model, img, "a red circle left of a blue square", n=8, seed=1)
+    pi = info.prompt_information(tiny_model, img, "a red circle left of a blue square", n=8, seed=1, form="orthogonal")
     assert set(pi.words) == {"a", "red", "circle", "left", "of", "blue", "square"}
     for r in [pi.prompt, *pi.words.values()]:
         assert r.map.shape == (16, 16) and float(r.map.sum()) == pytest.approx(r.value, rel=1e-6)
         assert r.stderr > 0 and r.units == "nats" and r.value >= 0  # orthogonal form is non-negative
     again = info.conditional_mutual_information(tiny_model, img, "a red circle left of a blue square", "red", n=8,
-                                                seed=1)
+                                                seed=1, form="orthogonal")
     # the same (α, ε) draw: the single-word call reproduces the shared pass
     assert again.value == pytest.approx(pi.words["red"].value, rel=1e-5)
     assert pi.reduced_prompts["red"] == "a circle left of a blue square"
