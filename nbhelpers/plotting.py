@@ -166,8 +166,9 @@ def interval_bars(table: dict, title: str = "", chance: float | None = None, yla
     """Bars with 95 % intervals: name → (value, (lo, hi))."""
     names = list(table)
     vals = np.array([table[k][0] for k in names])
-    lo = vals - np.array([table[k][1][0] for k in names])
-    hi = np.array([table[k][1][1] for k in names]) - vals
+    # an interval ends at the value itself when every trial succeeded (Wilson's upper end is 1 up to rounding)
+    lo = np.clip(vals - np.array([table[k][1][0] for k in names]), 0, None)
+    hi = np.clip(np.array([table[k][1][1] for k in names]) - vals, 0, None)
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 1.6, 2.8))
     ax.bar(names, vals, yerr=[lo, hi], capsize=4, color="#4C72B0")
     if chance is not None:
