@@ -33,6 +33,7 @@ ALIASES = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sd21": "stabilityai/stable-diffusion-2-1-base",
 }
+ORACLE = "toy-oracle"  # the toy world's exact denoiser (nbhelpers.toyworld.oracle), not a pipeline
 
 
 @runtime_checkable
@@ -113,7 +114,15 @@ def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dty
 
     ``name_or_path``: "toy" (the bundled model), "sd15", "sd21", a Hugging Face id (from the local
     cache when offline) or a local folder. ``dtype``: default float32 on CPU, float16 on CUDA.
+
+    "toy-oracle" is not a pipeline: it is the toy world's exact denoiser in the toy model's latent space
+    (:class:`nbhelpers.toyworld.oracle.WorldDenoiser`, float32; extra keyword arguments go to it), with
+    the same prompt interface, so every information estimate on a world picture has an exact answer.
     """
+    if name_or_path == ORACLE:
+        from .toyworld.oracle import WorldDenoiser
+
+        return WorldDenoiser.build(device=device, **pipeline_kwargs)
     with quiet_transformers():
         from diffusers import StableDiffusionPipeline
 
