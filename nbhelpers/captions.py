@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from .info import caption_scores
+from .info import caption_margins
 from .metrics import wilson_interval
 from .cache import cached
 
@@ -36,7 +36,9 @@ class CaptionStudy:
 @cached("studies")
 def caption_scoring_study(model, scenes, images, n: int = 32, seed: int = 0, form: str = "standard",
                           batch_size: int = 32) -> CaptionStudy:
-    """For each pair scene and its image, score the true caption against its swapped versions."""
+    """For each pair scene and its image, score the true caption against its swapped versions: the
+    margin i(x; true) − i(x; swapped) in nats (:func:`nbhelpers.info.caption_margins`), correct when
+    positive."""
     from .toyworld.world import swapped_captions, with_plain_red
 
     records = []
@@ -45,9 +47,9 @@ def caption_scoring_study(model, scenes, images, n: int = 32, seed: int = 0, for
         swaps = swapped_captions(scene)
         if not swaps:
             continue
-        sc = caption_scores(model, image, [true] + list(swaps.values()), n=n, seed=seed + k, form=form,
-                            batch_size=batch_size)
-        for j, (kind, cap) in enumerate(swaps.items(), start=1):
-            records.append({"image": k, "kind": kind, "true": true, "swapped": cap,
-                            "margin": float(sc.values[0] - sc.values[j]), "correct": bool(sc.values[0] > sc.values[j])})
+        margins = caption_margins(model, image, true, list(swaps.values()), n=n, seed=seed + k, form=form,
+                                  batch_size=batch_size)
+        for (kind, cap), mg in zip(swaps.items(), margins):
+            records.append({"image": k, "kind": kind, "true": true, "swapped": cap, "margin": mg.value,
+                            "margin_stderr": mg.stderr, "correct": bool(mg.value > 0)})
     return CaptionStudy(records, dict(n=n, seed=seed, form=form, n_images=len(scenes)))

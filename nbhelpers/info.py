@@ -150,6 +150,24 @@ def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "
     return CaptionScores(list(captions), values, np.array([r.stderr for r in rs]), diff_se, form)
 
 
+@cached("info")
+def caption_margins(model, image, true_caption: str, others: list[str], n: int = 32, form: str = "standard",
+                    seed: int = 0, batch_size: int = 32, sampler: LogSNRSampler | None = None) -> list[InfoResult]:
+    """For each caption in ``others``: i(x; true) − i(x; other), estimated directly as the information
+    term with ``other`` as the weak condition and ``true_caption`` as the strong one. With shared noise
+    this equals the difference of the two captions' scores exactly, and needs no empty prompt (one
+    condition fewer than :func:`caption_scores`). Positive: the true caption explains the image better."""
+    if not others:
+        raise ValueError("give at least one other caption to compare with")
+    x = as_latent(model, image)
+    enc = model.encode_text([true_caption] + list(others))
+    conds = {"true": enc[:1]}
+    conds.update({f"o{i}": enc[i + 1 : i + 2] for i in range(len(others))})
+    res = information_terms(model, x, conds, {f"o{i}": (f"o{i}", "true") for i in range(len(others))}, n=n,
+                            form=form, seed=seed, sampler=sampler, batch_size=batch_size, keep_map=False)
+    return [res[f"o{i}"] for i in range(len(others))]
+
+
 def forms_table(denoiser, x: torch.Tensor, weak, strong, exact: np.ndarray | None = None, n: int = 2000,
                 seed: int = 0, sampler: LogSNRSampler | None = None):
     """Both forms of the pointwise information of each sample in ``x`` (N, C, H, W) alone, beside the
