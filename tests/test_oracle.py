@@ -188,7 +188,7 @@ def test_load_model_gives_the_oracle():
     assert time.time() - t0 < 60  # seconds once the support's latents are cached (first build: encodes 3150 pictures)
     assert o.name == "toy-oracle" and o.latent_shape == (4, 16, 16) and o.device == torch.device("cpu")
     toy = o._toy
-    assert o.logsnr_range == toy.logsnr_range
+    assert o.model_logsnr_range == toy.logsnr_range and o.logsnr_range == (-16.0, 8.0)
     assert o.remove_word(CAPTION, "red") == "a big circle on the left"
     assert o.tokenize("a crimson circle").token_indices("crimson") == [2, 3]
     img = o.image(5)
@@ -261,10 +261,42 @@ def test_the_default_log_snr_range_truncates(singles, toy_model):
     below = LogSNRSampler((lo - 30) / 2, (lo + 30) / 12, 6.0)  # exactly [-30, lo]
     assert below.range == pytest.approx((-30, lo))
     kw = dict(words=["red"], form="standard", keep_map=False, batch_size=1024)  # few calls: fast on a busy CPU
-    default = prompt_information(singles, image, CAPTION, n=4096, seed=2, **kw)
+    default = prompt_information(singles, image, CAPTION, n=4096, seed=2, sampler=LogSNRSampler.for_model(toy_model), **kw)
     low = prompt_information(singles, image, CAPTION, n=2048, seed=3, sampler=below, **kw)
     for term, exact in ((lambda r: r.prompt, math.log(150)), (lambda r: r.words["red"], math.log(5))):
         d, b = term(default), term(low)
         se = math.hypot(d.stderr, b.stderr)
         assert abs(d.value + b.value - exact) < 3 * se, (d, b, exact)
         assert b.value > 0.15 * exact and b.value > 5 * b.stderr  # the truncation bias is large
+
+
+def test_the_defaults_through_the_prompt_interface_match_the_exact_values(oracle, red_circle):
+    """The estimator's defaults (standard form, the oracle's own range -16 … 8, antithetic and stratified)
+    through the public calls, on a world picture: within 2.5 standard errors of the exact values."""
+    j, image = red_circle
+    cmi = conditional_mutual_information(oracle, image, CAPTION, "red", n=512, seed=5, batch_size=256)
+    assert cmi.form == "standard" and cmi.params["loc"] == -4.0 and cmi.stderr < 0.2
+    assert abs(cmi.value - math.log(5)) < 2.5 * cmi.stderr, cmi
+    mi = mutual_information(oracle, image, CAPTION, n=512, seed=6, batch_size=256)
+    assert abs(mi.value - oracle.exact_information(j, CAPTION)) < 2.5 * mi.stderr, mi
+
+
+def test_caption_scoring_on_the_exact_world_is_always_right(oracle):
+    """On the world's own denoiser the true caption of a pair picture beats both swaps for every picture
+    (a swapped caption cannot produce the picture: its exact margin is infinite)."""
+    from nbhelpers import captions
+
+    pairs = [sc for sc in oracle.scenes if sc.kind == "pair"][::97][:12]
+    study = captions.caption_scoring_study(oracle, pairs, [oracle.image(oracle.index_of(sc)) for sc in pairs], n=16)
+    acc = study.accuracy()
+    assert set(acc) == {"attribute", "relation"}
+    for kind, a in acc.items():
+        assert a["accuracy"] == 1.0 and a["n"] >= 8, (kind, a)
+
+
+def test_model_beside_world_table(oracle, toy_model):
+    table = orc.model_beside_world(toy_model, oracle, world.lone_scene("red", "circle", "big", "left"), n=16)
+    assert list(table.index) == ["i(x; 'a big red circle on the left')", "i(x; big | rest)", "i(x; red | rest)",
+                                 "i(x; circle | rest)"]
+    assert table.loc["i(x; red | rest)", "world, exact"] == pytest.approx(math.log(5))
+    assert np.isfinite(table.to_numpy()).all()

@@ -415,9 +415,20 @@ class WorldDenoiser:
     def latent_shape(self) -> tuple[int, ...]:
         return self._toy.latent_shape
 
+    # An exact denoiser is exact at every log-SNR: its range is where its information lies, so that the
+    # estimators' defaults (LogSNRSampler.for_model) integrate all of it. Every posterior of the support has
+    # settled by α ≈ -1 and is still the prior below -16 (measured; see the module docstring).
+    LOGSNR_RANGE = (-16.0, 8.0)
+
     @property
     def logsnr_range(self) -> tuple[float, float]:
-        """The toy model's trained range (so the estimators' defaults match the toy model's)."""
+        """(-16, 8): the log-SNRs that hold all of the world's information (the default range of the
+        estimators on the oracle). The toy model's trained range is :attr:`model_logsnr_range`."""
+        return self.LOGSNR_RANGE
+
+    @property
+    def model_logsnr_range(self) -> tuple[float, float]:
+        """The toy model's trained range, -5.36 … 7.07 (to compare the two on the same range)."""
         return self._toy.logsnr_range
 
     @property
@@ -522,3 +533,39 @@ class WorldDenoiser:
         j = scene_or_index if isinstance(scene_or_index, (int, np.integer)) else self.index_of(scene_or_index)
         with np.errstate(divide="ignore"):
             return float(np.log(self.posterior(strong_prompt)[j]) - np.log(self.posterior(weak_prompt)[j]))
+
+
+def model_beside_world(model, oracle: WorldDenoiser, scene: world.Scene, words: list[str] | None = None,
+                       n: int = 64, seed: int = 0):
+    """What the trained ``model`` reads from a world picture beside what the world holds, in nats.
+
+    For the exact render of ``scene`` (a picture on the oracle's support): i(x; caption) and
+    i(x; w | rest) for each of ``words`` (default: the object's size, colour and noun), each as
+
+    - ``model``: the trained model's standard-form estimate on its own trained log-SNR range;
+    - ``world, model's range``: the exact world denoiser's estimate on that same range;
+    - ``world, exact``: log p(x | strong) − log p(x | weak) (all log-SNRs).
+
+    A pandas table, one row per term, with standard errors. The first two columns differ where the
+    model's denoiser is not the world's; the last two differ by the information below the model's
+    range (the world's pictures are told apart at log-SNRs below -5.36, where the model never trained)."""
+    import pandas as pd
+
+    from ..immse import LogSNRSampler
+    from ..info import prompt_information
+
+    caption = scene.caption()
+    o = scene.objects[0]
+    words = words or [o.size, o.colour_word or o.colour, o.noun]
+    j = oracle.index_of(scene)
+    image = oracle.image(j)
+    model_range = LogSNRSampler.for_model(model)
+    kw = dict(words=words, n=n, seed=seed, form="standard", keep_map=False)
+    on_model = prompt_information(model, image, caption, **kw)
+    on_world = prompt_information(oracle, image, caption, sampler=model_range, batch_size=256, **kw)
+    rows = []
+    for term, m_r, w_r, weak in [(f"i(x; '{caption}')", on_model.prompt, on_world.prompt, "")] + [
+            (f"i(x; {w} | rest)", on_model.words[w], on_world.words[w], on_model.reduced_prompts[w]) for w in words]:
+        rows.append({"term": term, "model": m_r.value, "± model": m_r.stderr, "world, model's range": w_r.value,
+                     "± world": w_r.stderr, "world, exact": oracle.exact_information(j, caption, weak)})
+    return pd.DataFrame(rows).set_index("term")
