@@ -161,13 +161,16 @@ def world_pairs(n_images: int, seed: int = 0, split: str = "all"):
 
 @cached("studies")
 def generated_pairs(model, n_images: int, seed: int = 0, steps: int = 25, guidance: float = 3.0,
-                    batch: int = 50, split: str = "all"):
+                    batch: int | None = None, split: str = "all"):
     """Generate pair scenes and keep those the checker reads fully right and with at least one word
-    naming one object (as :func:`world_pairs`); masks are the checker's blobs. Returns (scenes, images, masks)."""
+    naming one object (as :func:`world_pairs`); masks are the checker's blobs. Returns (scenes, images, masks).
+    ``batch``: generations per pipeline call (default: ``n_images`` plus an eighth, the model's measured
+    failure rate being under 5 %, so one call usually suffices)."""
     from .toyworld import world
     from .toyworld.checker import check_scene, match_readings
 
     scenes, images, masks = [], [], []
+    batch = batch or n_images + n_images // 8 + 2
     pool = world.sample_scenes(4 * n_images, seed=seed, split=split, kind="pair")
     for start in range(0, len(pool), batch):
         chunk = [world.with_plain_red(s) for s in pool[start : start + batch]]

@@ -536,7 +536,7 @@ class WorldDenoiser:
 
 
 def model_beside_world(model, oracle: WorldDenoiser, scene: world.Scene, words: list[str] | None = None,
-                       n: int = 64, seed: int = 0):
+                       n: int = 64, seed: int = 0, world_n: int = 1024):
     """What the trained ``model`` reads from a world picture beside what the world holds, in nats.
 
     For the exact render of ``scene`` (a picture on the oracle's support): i(x; caption) and
@@ -546,7 +546,8 @@ def model_beside_world(model, oracle: WorldDenoiser, scene: world.Scene, words: 
     - ``world, model's range``: the exact world denoiser's estimate on that same range;
     - ``world, exact``: log p(x | strong) − log p(x | weak) (all log-SNRs).
 
-    A pandas table, one row per term, with standard errors. The first two columns differ where the
+    ``n`` samples for the model, ``world_n`` for the (cheap) exact denoiser, whose information sits in
+    narrow bands of log-SNR that few samples miss. A pandas table, one row per term, with standard errors. The first two columns differ where the
     model's denoiser is not the world's; the last two differ by the information below the model's
     range (the world's pictures are told apart at log-SNRs below -5.36, where the model never trained)."""
     import pandas as pd
@@ -560,9 +561,10 @@ def model_beside_world(model, oracle: WorldDenoiser, scene: world.Scene, words: 
     j = oracle.index_of(scene)
     image = oracle.image(j)
     model_range = LogSNRSampler.for_model(model)
-    kw = dict(words=words, n=n, seed=seed, form="standard", keep_map=False)
-    on_model = prompt_information(model, image, caption, **kw)
-    on_world = prompt_information(oracle, image, caption, sampler=model_range, batch_size=256, **kw)
+    kw = dict(words=words, seed=seed, form="standard", keep_map=False)
+    on_model = prompt_information(model, image, caption, n=n, **kw)
+    # the world's integrand is spiky at low log-SNR (a few strata hold all of it): many cheap samples
+    on_world = prompt_information(oracle, image, caption, n=world_n, sampler=model_range, batch_size=512, **kw)
     rows = []
     for term, m_r, w_r, weak in [(f"i(x; '{caption}')", on_model.prompt, on_world.prompt, "")] + [
             (f"i(x; {w} | rest)", on_model.words[w], on_world.words[w], on_model.reduced_prompts[w]) for w in words]:
