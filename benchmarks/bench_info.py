@@ -79,16 +79,6 @@ def print_efficiency(label, form, e, n):
           f"{e['ours']['evaluations']} evaluations each")
 
 
-def gaussian_fixture():
-    """The 4-dimensional Gaussian of tests/test_info_science.py."""
-    g = torch.Generator().manual_seed(0)
-    d, k = 4, 2
-    A = torch.randn(d, d, generator=g, dtype=torch.float64)
-    S = A @ A.T / d + 0.3 * torch.eye(d, dtype=torch.float64)
-    B = torch.randn(k, d, generator=g, dtype=torch.float64)
-    return GaussianDenoiser(S, B, 0.5 * torch.eye(k, dtype=torch.float64))
-
-
 def overhead(model, image, prompt, word, n, batch, repeats):
     """(public-call seconds, bare seconds) per repeat, alternated."""
     without = model.remove_word(prompt, word)
@@ -142,7 +132,7 @@ def main(argv=None):
     print(f"1-2. efficiency and calibration ({seeds} seeds each, reference vs ours at equal evaluations)")
     for form in ("standard", "orthogonal"):
         print_efficiency(f"toy CMI '{word}' (n={n_toy})", form, efficiency(model, x, conds, form, n_toy, seeds), n_toy)
-    G = gaussian_fixture()
+    G = GaussianDenoiser.example()  # the 4-dimensional Gaussian of the science tests
     for n_images in (1, 8):
         xg, cg = G.sample(n_images, torch.Generator().manual_seed(3))
         gconds = {"w": None, "s": cg}

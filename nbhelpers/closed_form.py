@@ -40,6 +40,16 @@ class GaussianDenoiser:
         self.latent_shape = (self.d, 1, 1)
         self._eig = {0: torch.linalg.eigh(self.S), 1: torch.linalg.eigh(self.S_post)}
 
+    @classmethod
+    def example(cls, d: int = 4, k: int = 2, seed: int = 0) -> "GaussianDenoiser":
+        """The science tests' and benchmarks' case: a random d×d prior covariance (eigenvalues ≥ 0.3),
+        k noisy observations y = Bx + N(0, ½ I), drawn with ``seed``."""
+        g = torch.Generator().manual_seed(seed)
+        A = torch.randn(d, d, generator=g, dtype=torch.float64)
+        S = A @ A.T / d + 0.3 * torch.eye(d, dtype=torch.float64)
+        B = torch.randn(k, d, generator=g, dtype=torch.float64)
+        return cls(S, B, 0.5 * torch.eye(k, dtype=torch.float64))
+
     # exact values ------------------------------------------------------------------------------------
     def mi(self) -> float:
         """I(x; y) in nats: ½ log det Σ / det Σ_post."""

@@ -14,12 +14,7 @@ from nbhelpers.immse import LogSNRSampler, information_terms
 
 @pytest.fixture(scope="module")
 def gaussian():
-    g = torch.Generator().manual_seed(0)
-    d, k = 4, 2
-    A = torch.randn(d, d, generator=g, dtype=torch.float64)
-    S = A @ A.T / d + 0.3 * torch.eye(d, dtype=torch.float64)
-    B = torch.randn(k, d, generator=g, dtype=torch.float64)
-    return GaussianDenoiser(S, B, 0.5 * torch.eye(k, dtype=torch.float64))
+    return GaussianDenoiser.example()
 
 
 WIDE = LogSNRSampler(0.0, 2.0, 8.0)  # [-16, 16]: truncation far below the errors below

@@ -12,12 +12,7 @@ from nbhelpers.immse import InfoResult, LogSNRSampler, information_terms
 
 @pytest.fixture(scope="module")
 def gaussian():
-    g = torch.Generator().manual_seed(0)
-    d, k = 4, 2
-    A = torch.randn(d, d, generator=g, dtype=torch.float64)
-    S = A @ A.T / d + 0.3 * torch.eye(d, dtype=torch.float64)
-    B = torch.randn(k, d, generator=g, dtype=torch.float64)
-    return GaussianDenoiser(S, B, 0.5 * torch.eye(k, dtype=torch.float64))
+    return GaussianDenoiser.example()
 
 
 def test_sampler_weights_integrate_exactly():
