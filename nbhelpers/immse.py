@@ -90,14 +90,11 @@ def add_noise(x: torch.Tensor, logsnr, eps: torch.Tensor) -> torch.Tensor:
 
 def stratified_uniforms(n: int, generator: torch.Generator, per_stratum: int = 1) -> torch.Tensor:
     """n uniforms on (0, 1), ``per_stratum`` independent ones in each of n // per_stratum equal
-    strata (the last stratum takes the remainder), in random order."""
-    if per_stratum == 1 or n < 2 * per_stratum:
-        k = 1 if per_stratum > 1 else n  # too few for two per stratum: one stratum (plain uniforms)
-        sizes = [n] if per_stratum > 1 else [1] * n
-    else:
-        k = n // per_stratum
-        sizes = [per_stratum] * k
-        sizes[-1] += n - per_stratum * k
+    strata (the last stratum takes the remainder; fewer than two strata's worth: one stratum), in
+    random order."""
+    k = n // per_stratum if n >= 2 * per_stratum else 1
+    sizes = [per_stratum] * k
+    sizes[-1] += n - per_stratum * k
     lower = torch.repeat_interleave(torch.arange(k, dtype=torch.float64), torch.tensor(sizes))
     u = (lower + torch.rand(n, generator=generator, dtype=torch.float64)) / k
     return u[torch.randperm(n, generator=generator)]
