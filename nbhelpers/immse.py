@@ -76,16 +76,11 @@ class LogSNRSampler:
         return cls(p["loc"], p["scale"], p["clip"])
 
 
-def sqrt_sigmoid(a: torch.Tensor) -> torch.Tensor:
-    """sqrt(σ(a)), elementwise (float64 in, float64 out)."""
-    return torch.sigmoid(torch.as_tensor(a, dtype=torch.float64)).sqrt()
-
-
 def add_noise(x: torch.Tensor, logsnr, eps: torch.Tensor) -> torch.Tensor:
     """The channel every method uses: ``z = sqrt(σ(α))·x + sqrt(σ(−α))·ε``, α (B,) or a float,
     x and ε (B, C, H, W); returns x's dtype."""
     a = torch.as_tensor(logsnr, dtype=torch.float64).reshape(-1, 1, 1, 1)
-    return (sqrt_sigmoid(a).to(x.dtype) * x + sqrt_sigmoid(-a).to(x.dtype) * eps)
+    return torch.sigmoid(a).sqrt().to(x.dtype) * x + torch.sigmoid(-a).sqrt().to(x.dtype) * eps
 
 
 def stratified_uniforms(n: int, generator: torch.Generator, per_stratum: int = 1) -> torch.Tensor:
@@ -312,10 +307,10 @@ def _pool(rounds: list[dict[str, InfoResult]]) -> dict[str, InfoResult]:
     for lab, first in rounds[0].items():
         rs = [rd[lab] for rd in rounds]
         n_items, R = first.params["n_images"], len(rs)
-        cat = lambda k: np.concatenate([np.asarray(getattr(r, k)).reshape(n_items, -1) for r in rs], 1)  # noqa: E731
-        logsnr = np.stack([np.asarray(r.logsnr).reshape(n_items, -1) for r in rs], 1).reshape(-1)
-        gap = np.stack([np.asarray(r.gap).reshape(n_items, -1) for r in rs], 1).reshape(-1)
-        per_item = cat("per_item").mean(1) if first.per_item is not None else None
+        # per image, its rounds one after another (the order combined_stderr reads them in)
+        logsnr, gap = (np.stack([np.asarray(getattr(r, k)).reshape(n_items, -1) for r in rs], 1).reshape(-1)
+                       for k in ("logsnr", "gap"))
+        per_item = None if first.per_item is None else np.mean([r.per_item for r in rs], 0)
         value = float(np.mean([r.value for r in rs]))
         params = dict(first.params, rounds=R, n=first.params["n"] * R, seed=first.params["seed"],
                       denoiser_calls=sum(r.params["denoiser_calls"] for r in rs),
@@ -343,8 +338,8 @@ def _estimate(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: dict[str,
 
     The design, per image: ``n`` denoiser evaluations per condition, all shared by every condition
     (common random numbers). With ``antithetic=True`` (the default) they are n/2 log-SNRs, each with a
-    noise draw ε and its mirror −ε; with ``stratified=True`` (the default) the log-SNRs are one per
-    equal-probability stratum of the sampler. ``stratified=False, antithetic=False`` is the published
+    noise draw ε and its mirror −ε; with ``stratified=True`` (the default) the log-SNRs are two per
+    equal-probability stratum of the sampler (two, so that the error estimate is unbiased). ``stratified=False, antithetic=False`` is the published
     design (i.i.d. α, one ε each). Each denoiser call holds every condition for ``batch_size`` samples.
     Returns label → :class:`InfoResult` (for N > 1: value = mean over images, per_item set; stderr =
     Monte Carlo error for these images, ``params["population_stderr"]`` the spread across images)."""

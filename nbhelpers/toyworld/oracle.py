@@ -570,4 +570,6 @@ def model_beside_world(model, oracle: WorldDenoiser, scene: world.Scene, words: 
             (f"i(x; {w} | rest)", on_model.words[w], on_world.words[w], on_model.reduced_prompts[w]) for w in words]:
         rows.append({"term": term, "model": m_r.value, "± model": m_r.stderr, "world, model's range": w_r.value,
                      "± world": w_r.stderr, "world, exact": oracle.exact_information(j, caption, weak)})
-    return pd.DataFrame(rows).set_index("term")
+    table = pd.DataFrame(rows).set_index("term")
+    table.attrs.update(model=on_model, world=on_world)  # the estimates themselves (α-curves), not recomputed
+    return table
