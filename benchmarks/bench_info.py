@@ -41,7 +41,7 @@ from nbhelpers.closed_form import GaussianDenoiser  # noqa: E402
 from nbhelpers.immse import LogSNRSampler, information_terms  # noqa: E402
 from nbhelpers.toyworld import world  # noqa: E402
 
-REFERENCE = dict(stratified=False, antithetic=False, sampler=LogSNRSampler(1.0, 2.0, 3.0))
+REFERENCE = dict(stratified=False, antithetic=False, sampler=LogSNRSampler(1.0, 2.0, 3.0))  # uniform_share 0
 EFFICIENCY_GOAL, OVERHEAD_GOAL, CALIBRATION = 4.0, 1.05, (0.85, 1.15)
 
 

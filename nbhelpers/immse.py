@@ -9,8 +9,8 @@ and the full caption), the pointwise information that ``c_strong`` adds about ``
 - orthogonal form (lower variance, non-negative per pixel; equal to the standard form in
   expectation over x, not for one x): ``iᵒ = ½ ∫ E_ε ||ε̂(z|c_weak) - ε̂(z|c_strong)||² dα``.
 
-The integral over α is estimated by importance sampling from a truncated logistic (stratified), with
-the same (α, ε) for every condition of one estimate (common random numbers) and all conditions of a
+The integral over α is estimated by importance sampling from a density over log-SNR (stratified; see
+:class:`LogSNRSampler`), with the same (α, ε) for every condition of one estimate (common random numbers) and all conditions of a
 batch in one denoiser call. Pixel maps are the integrand per latent pixel, summed over channels, so a
 map sums to its scalar. Everything is in nats; ``.to("bits")`` converts.
 """
@@ -33,47 +33,104 @@ LN2 = math.log(2.0)
 # --- log-SNR sampling ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LogSNRSampler:
-    """Truncated logistic(loc, scale) on ``[loc - clip·scale, loc + clip·scale]``.
+    """The density of log-SNRs α (nats) on ``[loc - clip·scale, loc + clip·scale]``: a defensive
+    mixture ``q = (1 - uniform_share)·truncated logistic(loc, scale) + uniform_share·uniform``.
 
-    ``sample(u)`` maps uniforms u ∈ (0, 1) to (α, weight) with weight = 1/density =
-    ``scale·tanh(clip/2) / (σ(s)σ(-s))``, s = (α - loc)/scale, so that E[f(α)·weight] = ∫ f dα over
-    the truncated range."""
+    ``sample(u)`` maps uniforms u ∈ (0, 1) through q's inverse CDF to (α, weight), weight = 1/q(α),
+    so that E[f(α)·weight] = ∫ f dα over the range; equal-width strata of u are equal-mass strata of q.
+
+    ``LogSNRSampler(loc, scale, clip)`` is the published density (``uniform_share=0``).
+    :meth:`for_model` of a model that states its trained range (``model.logsnr_range``) spans that
+    range with ``uniform_share=0.5``: the logistic puts 5.5× less mass at the ends of the range than
+    at its centre, and a trained network's information curve is often largest there (the toy model's
+    word CMI rises to the top of its range). Measured on that CMI, 60 seeds, n=32, against the
+    published design: with the logistic our stratified antithetic design reached 5.3× (standard) /
+    3.3× (orthogonal) its efficiency, with the mixture 8.5× / 8.6×. The uniform half bounds every
+    weight by twice the uniform one. A denoiser without a stated range (the closed forms) keeps the
+    published density: on the 4-d Gaussian the mixture cost 10–25 % (its curve sits in the centre)."""
 
     loc: float = 1.0
     scale: float = 2.0
     clip: float = 3.0
+    uniform_share: float = 0.0
+
+    def __post_init__(self):
+        if not (self.scale > 0 and self.clip > 0):
+            raise ValueError(f"LogSNRSampler needs scale > 0 and clip > 0, not scale={self.scale!r}, clip={self.clip!r}")
+        if not (0.0 <= self.uniform_share <= 1.0):
+            raise ValueError(f"uniform_share is a mixture weight in [0, 1], not {self.uniform_share!r}")
 
     @classmethod
-    def for_model(cls, model, clip: float = 3.0, loc: float | None = None, scale: float | None = None):
-        """loc/scale spanning the model's trained log-SNR range (``model.logsnr_range``) unless given."""
+    def for_model(cls, model, clip: float = 3.0, loc: float | None = None, scale: float | None = None,
+                  uniform_share: float | None = None):
+        """loc/scale spanning the model's trained log-SNR range (``model.logsnr_range``) unless given;
+        ``uniform_share`` 0.5 when the model states its range, else 0 (the published density)."""
         rng = getattr(model, "logsnr_range", None)
         if rng is None:
-            return cls(1.0 if loc is None else loc, 2.0 if scale is None else scale, clip)
+            return cls(1.0 if loc is None else loc, 2.0 if scale is None else scale, clip,
+                       0.0 if uniform_share is None else uniform_share)
         lo, hi = rng
-        return cls((lo + hi) / 2 if loc is None else loc, (hi - lo) / (2 * clip) if scale is None else scale, clip)
+        return cls((lo + hi) / 2 if loc is None else loc, (hi - lo) / (2 * clip) if scale is None else scale, clip,
+                   0.5 if uniform_share is None else uniform_share)
 
     @property
     def range(self) -> tuple[float, float]:
         return (self.loc - self.clip * self.scale, self.loc + self.clip * self.scale)
 
+    def _logistic_cdf(self, alpha: torch.Tensor) -> torch.Tensor:
+        """CDF of the truncated logistic part at ``alpha`` (float64)."""
+        lo, hi = (torch.sigmoid(torch.tensor(v, dtype=torch.float64)) for v in (-self.clip, self.clip))
+        return (torch.sigmoid((alpha - self.loc) / self.scale) - lo) / (hi - lo)
+
     def sample(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u = u.double()
-        lo, hi = torch.sigmoid(torch.tensor(-self.clip, dtype=torch.float64)), torch.sigmoid(
-            torch.tensor(self.clip, dtype=torch.float64))
-        p = lo + u * (hi - lo)
-        alpha = self.loc + self.scale * (torch.log(p) - torch.log1p(-p))
+        lo_p, hi_p = (torch.sigmoid(torch.tensor(v, dtype=torch.float64)) for v in (-self.clip, self.clip))
+
+        lam = self.uniform_share
+        if lam == 0:  # the logistic's closed-form inverse CDF
+            p = lo_p + u * (hi_p - lo_p)
+            alpha = self.loc + self.scale * (torch.log(p) - torch.log1p(-p))
+        elif lam == 1:
+            lo, hi = self.range
+            alpha = lo + u * (hi - lo)
+        else:
+            alpha = self._mixture_inverse(u)
         return alpha, self.weight(alpha)
 
-    def weight(self, alpha) -> torch.Tensor:
-        """1 / density of the truncated logistic at ``alpha`` (float64 tensor)."""
+    def _mixture_inverse(self, u: torch.Tensor) -> torch.Tensor:
+        """Inverse of the mixture CDF by bisection (the CDF is increasing; 60 halvings of the range
+        reach float64 resolution)."""
+        lo, hi = self.range
+        a, b = torch.full_like(u, lo), torch.full_like(u, hi)
+        for _ in range(60):
+            mid = (a + b) / 2
+            below = self.cdf(mid) < u
+            a, b = torch.where(below, mid, a), torch.where(below, b, mid)
+        return (a + b) / 2
+
+    def cdf(self, alpha) -> torch.Tensor:
+        """The mixture's CDF at ``alpha`` (float64 tensor)."""
+        alpha = torch.as_tensor(alpha, dtype=torch.float64)
+        lo, hi = self.range
+        lam = self.uniform_share
+        return (1 - lam) * self._logistic_cdf(alpha) + lam * ((alpha - lo) / (hi - lo)).clamp(0, 1)
+
+    def density(self, alpha) -> torch.Tensor:
+        """q(α), per unit of log-SNR (float64 tensor)."""
         s = (torch.as_tensor(alpha, dtype=torch.float64) - self.loc) / self.scale
-        return self.scale * math.tanh(self.clip / 2) / (torch.sigmoid(s) * torch.sigmoid(-s))
+        logistic = torch.sigmoid(s) * torch.sigmoid(-s) / (self.scale * math.tanh(self.clip / 2))
+        lo, hi = self.range
+        return (1 - self.uniform_share) * logistic + self.uniform_share / (hi - lo)
+
+    def weight(self, alpha) -> torch.Tensor:
+        """1 / q(α) (float64 tensor)."""
+        return 1.0 / self.density(alpha)
 
     @classmethod
     def of(cls, result: "InfoResult") -> "LogSNRSampler":
         """The sampler a result was estimated with."""
         p = result.params
-        return cls(p["loc"], p["scale"], p["clip"])
+        return cls(p["loc"], p["scale"], p["clip"], p.get("uniform_share", 0.0))
 
 
 def add_noise(x: torch.Tensor, logsnr, eps: torch.Tensor) -> torch.Tensor:
@@ -405,8 +462,8 @@ def _estimate(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: dict[str,
     bar.close()
     out = {}
     params = dict(n=n, form=form, seed=seed, stratified=stratified, antithetic=antithetic, loc=sampler.loc,
-                  scale=sampler.scale, clip=sampler.clip, n_images=n_items, batch_size=batch_size,
-                  denoiser_calls=calls, evaluations=total * len(used))
+                  scale=sampler.scale, clip=sampler.clip, uniform_share=sampler.uniform_share, n_images=n_items,
+                  batch_size=batch_size, denoiser_calls=calls, evaluations=total * len(used))
     for lab in pairs:
         gap = per_sample[lab]
         vals = (gap * weights).numpy()  # importance-weighted integrand: unbiased for ∫ ½ gap dα

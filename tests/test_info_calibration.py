@@ -96,3 +96,45 @@ def test_a_denoiser_written_from_the_readme_alone_works():
     r = information_terms(den, x, {"none": None, "v": torch.tensor([[0.5]])}, {"i": ("none", "v")}, n=64,
                           keep_map=False)["i"]
     assert math.isfinite(r.value) and r.params["evaluations"] == 128
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.5, 1.0])
+def test_log_snr_density_is_a_normalised_density_with_its_inverse_cdf(share):
+    s = LogSNRSampler(1.0, 2.0, 3.0, uniform_share=share)
+    lo, hi = s.range
+    grid = torch.linspace(lo, hi, 20001, dtype=torch.float64)
+    assert torch.trapezoid(s.density(grid), grid).item() == pytest.approx(1.0, abs=1e-6)
+    u = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)
+    alpha, weight = s.sample(u)
+    assert torch.all(torch.diff(alpha) > 0) and lo <= alpha.min() and alpha.max() <= hi
+    assert torch.allclose(s.cdf(alpha), u, atol=1e-12)
+    assert torch.allclose(weight, 1 / s.density(alpha))
+    # importance weights integrate: the mean of w·f over stratified u is ∫ f dα (f a bump, exact integral)
+    f = lambda a: torch.exp(-0.5 * (a - 2.0) ** 2)  # noqa: E731
+    u = (torch.arange(20000, dtype=torch.float64) + 0.5) / 20000
+    a, w = s.sample(u)
+    exact = math.sqrt(2 * math.pi) * 0.5 * (math.erf((hi - 2) / math.sqrt(2)) - math.erf((lo - 2) / math.sqrt(2)))
+    assert (w * f(a)).mean().item() == pytest.approx(exact, rel=1e-4)
+
+
+def test_mixture_density_keeps_the_estimate_pointwise_exact(gaussian):
+    """The trained models' default density (half uniform) on the closed form: still the exact pointwise value."""
+    x, c = gaussian.sample(2, torch.Generator().manual_seed(5))
+    exact = gaussian.pointwise_mi(x, c)
+    mixed = LogSNRSampler(0.0, 2.0, 8.0, uniform_share=0.5)
+    for j in range(2):
+        r = information_terms(gaussian, x[j : j + 1], {"null": None, "y": c[j : j + 1]}, {"i": ("null", "y")},
+                              n=4000, sampler=mixed, keep_map=False, seed=40 + j)["i"]
+        assert r.params["uniform_share"] == 0.5 and LogSNRSampler.of(r) == mixed
+        assert abs(r.value - float(exact[j])) < 2.5 * r.stderr, (j, r, float(exact[j]))
+
+
+def test_models_with_a_trained_range_get_the_mixture_closed_forms_the_published_density(gaussian):
+    class Ranged:
+        logsnr_range = (-6.0, 8.0)
+
+    s = LogSNRSampler.for_model(Ranged())
+    assert s.range == pytest.approx((-6.0, 8.0)) and s.uniform_share == 0.5
+    assert LogSNRSampler.for_model(gaussian) == LogSNRSampler(1.0, 2.0, 3.0, 0.0)
+    with pytest.raises(ValueError, match="uniform_share"):
+        LogSNRSampler(uniform_share=1.5)

@@ -271,11 +271,14 @@ def test_the_default_log_snr_range_truncates(singles, toy_model):
 
 
 def test_the_defaults_through_the_prompt_interface_match_the_exact_values(oracle, red_circle):
-    """The estimator's defaults (standard form, the oracle's own range -16 … 8, antithetic and stratified)
-    through the public calls, on a world picture: within 2.5 standard errors of the exact values."""
+    """The estimator's defaults (standard form, the oracle's own range -16 … 8 with half its density
+    uniform, antithetic and stratified) through the public calls, on a world picture: within 2.5
+    standard errors of the exact values. (The uniform half spends 3/8 of its samples above α = -1, where
+    the oracle's integrand is zero, so its error is about 15 % above the logistic's.)"""
     j, image = red_circle
     cmi = conditional_mutual_information(oracle, image, CAPTION, "red", n=512, seed=5, batch_size=256)
-    assert cmi.form == "standard" and cmi.params["loc"] == -4.0 and cmi.stderr < 0.2
+    assert cmi.form == "standard" and cmi.params["loc"] == -4.0 and cmi.params["uniform_share"] == 0.5
+    assert cmi.stderr < 0.25
     assert abs(cmi.value - math.log(5)) < 2.5 * cmi.stderr, cmi
     mi = mutual_information(oracle, image, CAPTION, n=512, seed=6, batch_size=256)
     assert abs(mi.value - oracle.exact_information(j, CAPTION)) < 2.5 * mi.stderr, mi
