@@ -194,7 +194,7 @@ def word_attention_maps(model, image, prompt: str, words: list[str] | None = Non
     """Cross-attention map (h, w) of each word of ``prompt`` for a given image: the UNet runs on
     ``n`` noisy versions of the image's latent at log-SNRs drawn like the information estimator's,
     and maps are averaged over layers, heads, noise levels and the word's sub-word tokens."""
-    from .immse import LogSNRSampler, stratified_uniforms
+    from .immse import LogSNRSampler, add_noise, stratified_uniforms
     from .info import as_latent
 
     tp = model.tokenize(prompt)
@@ -204,7 +204,7 @@ def word_attention_maps(model, image, prompt: str, words: list[str] | None = Non
     g = torch.Generator().manual_seed(int(seed))
     a, _ = sampler.sample(stratified_uniforms(n, g))
     eps = torch.randn((n, *x.shape[1:]), generator=g)
-    z = torch.sigmoid(a).sqrt().float().view(-1, 1, 1, 1) * x + torch.sigmoid(-a).sqrt().float().view(-1, 1, 1, 1) * eps
+    z = add_noise(x.expand(n, *x.shape[1:]), a, eps)
     store = AttentionStore(x.shape[-2:])
     with capture_cross_attention(model.pipe.unet, store):
         model.eps(z, a, model.condition(prompt))

@@ -2,7 +2,7 @@
 reviewer accepts, resumable on disk.
 
 :func:`run_audit` generates ``n`` images per (template, subject) cell, reads each image's group
-attributes with a ``reader`` (the toy world's checker by default; any classifier for real models),
+attributes with a ``reader`` (any classifier of images; the toy world supplies its own),
 and appends one row per image to ``<out>/images.csv`` (PNG files beside it) after every batch, so an
 interrupted audit resumes where it stopped with nothing redone or lost. Each prompt has its own seeds
 (:func:`cell_seeds`), so the cells' samples are independent. Optionally it measures, per
@@ -16,8 +16,8 @@ pooled rate of the other subjects), the effect size (Cohen's h), a permutation p
 relabelling of each image's group under exchangeable labels; others: permuting subject labels), and
 Holm- and Benjamini–Hochberg-corrected p-values; ``flagged`` = Holm-corrected p < ``alpha``.
 
-:class:`WorldPictures` stands in for a model with the toy world's own pictures (its training data), whose
-answer is known exactly (:func:`toy_truth`): audited beside the model, it shows which flags the model added.
+The audit knows no world: the toy world's reader, dimensions, planted truth and its own pictures behind
+the model interface (``WorldPictures``) live in the world's ``audit`` module, a client of this one.
 """
 from __future__ import annotations
 
@@ -48,58 +48,6 @@ def load_list(name: str) -> list[str]:
         raise AuditError(f"no prompt list {name!r} in {DATA_DIR}; available: {options}")
     lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
     return [ln for ln in lines if ln]
-
-
-# -- readers ---------------------------------------------------------------------------------------------
-TOY_DIMENSIONS = {"colour": ("warm", "cool"), "size": ("big", "small")}
-
-
-def toy_reader(image: np.ndarray) -> dict:
-    """Group attributes of a toy-world image: colour → "warm" (red) / "cool" (blue) / "other", size →
-    "big" / "small"; None values when no object is found."""
-    from .toyworld.checker import read_image
-    from .toyworld.world import GROUP_COLOURS
-
-    r = read_image(image, max_objects=1)
-    if not r:
-        return {"colour": None, "size": None}
-    by_colour = {c: g for g, c in GROUP_COLOURS.items()}
-    return {"colour": by_colour.get(r[0].colour, "other"), "size": r[0].size}
-
-
-class WorldPictures:
-    """The toy world's own pictures behind the interface :func:`run_audit` uses (``generate``, ``tokenize``,
-    ``name``): a prompt naming one subject noun (e.g. "a nurse") gives, per seed, a subject scene drawn at
-    the world's planted rates, i.e. the model's training distribution. An audit of it has an exactly known
-    answer (:func:`toy_truth`), and set beside an audit of the model it separates what the data holds from
-    what the model added. ``steps`` and ``guidance`` are accepted and ignored."""
-
-    name = "toy world (training pictures)"
-
-    def tokenize(self, prompt: str) -> str:
-        from .toyworld.world import SUBJECT_SHAPES
-
-        nouns = [w for w in prompt.replace(",", " ").split() if w in SUBJECT_SHAPES]
-        if len(nouns) != 1:
-            raise AuditError(f"the world draws prompts with exactly one subject noun ({', '.join(SUBJECT_SHAPES)}); "
-                             f"{prompt!r} has {len(nouns)}")
-        return nouns[0]
-
-    def generate(self, prompt: str | list[str], seed: int | list[int] = 0, steps: int | None = None,
-                 guidance: float | None = None):
-        """``.images``: one (32, 32, 3) uint8 render per prompt and seed (same seed, same picture)."""
-        from types import SimpleNamespace
-
-        from .toyworld.world import subject_scene
-
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed) + i for i in range(len(prompts))]
-        if len(prompts) == 1:
-            prompts = prompts * len(seeds)
-        if len(seeds) != len(prompts):
-            raise AuditError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
-        images = [subject_scene(np.random.default_rng(sd), self.tokenize(p)).render() for p, sd in zip(prompts, seeds)]
-        return SimpleNamespace(images=images, prompts=prompts, seeds=seeds)
 
 
 # -- the runner ------------------------------------------------------------------------------------------
@@ -153,13 +101,15 @@ def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subjec
     that leans one way drags every subject along) and, with several templates, make a subject's pooled
     images dependent, which the tests here assume they are not; keep "shared" for side-by-side pictures.
 
-    ``templates`` contain ``{subject}``; ``dimensions``: {dimension: group values} the reader returns
-    (toy: colour warm/cool, size big/small). ``group_words`` and ``n_pid`` > 0 add the PID redundancy
+    ``reader(image) -> {dimension: group or None}`` and ``dimensions`` ({dimension: group values} the
+    reader returns) are required: they say what is audited. ``templates`` contain ``{subject}``. ``group_words`` and ``n_pid`` > 0 add the PID redundancy
     of each group word with each subject in "a {group} {subject}" on ``n_pid`` generated images."""
     from .text import check_prompt
 
-    reader = reader or toy_reader
-    dimensions = dict(dimensions or TOY_DIMENSIONS)
+    if reader is None or not callable(reader):
+        raise AuditError(f"reader={reader!r}: give a function image -> {{dimension: group}}, e.g. the toy world's "
+                         "audit.read_groups, or a classifier for a real model")
+    dimensions = _check_dimensions(dimensions)
     out = Path(out)
     spec = dict(subjects=list(subjects), templates=list(templates), n=n, seed=seed, steps=steps, guidance=guidance,
                 dimensions={k: list(v) for k, v in dimensions.items()}, group_words=list(group_words or []),
@@ -212,6 +162,13 @@ def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subjec
     return Audit(out, spec)
 
 
+def _check_dimensions(dimensions) -> dict:
+    if not dimensions or not isinstance(dimensions, dict) or any(len(tuple(g)) < 2 for g in dimensions.values()):
+        raise AuditError(f"dimensions={dimensions!r}: give {{dimension: (group, group, ...)}} with at least two groups "
+                         "each, e.g. {'gender': ('female', 'male')} (an audit's own: audit.spec['dimensions'])")
+    return {k: tuple(v) for k, v in dimensions.items()}
+
+
 def cell_seeds(prompt: str, seed: int, n: int, seeds: str = "independent") -> list[int]:
     """The ``n`` generation seeds of one audit cell: ``seed + i``, plus (``seeds="independent"``) an
     offset in [0, 2**32) hashed from the prompt, stable across runs and machines."""
@@ -244,7 +201,9 @@ def cohens_h(p: float, p0: float) -> float:
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (family-wise error control)."""
+    """Holm–Bonferroni adjusted p-values (family-wise error control). Written here because scipy
+    offers only false-discovery-rate corrections (``false_discovery_control``: BH, BY) and
+    statsmodels' ``multipletests`` would be a dependency for these eight lines."""
     p = np.asarray(pvalues, float)
     order = np.argsort(p)
     m = len(p)
@@ -257,17 +216,12 @@ def holm(pvalues) -> np.ndarray:
 
 
 def benjamini_hochberg(pvalues) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values (false-discovery-rate control)."""
+    """Benjamini–Hochberg adjusted p-values (false-discovery-rate control): scipy's
+    ``false_discovery_control``."""
+    from scipy.stats import false_discovery_control
+
     p = np.asarray(pvalues, float)
-    m = len(p)
-    order = np.argsort(p)
-    adj = np.empty(m)
-    running = 1.0
-    for rank in range(m - 1, -1, -1):
-        i = order[rank]
-        running = min(running, p[i] * m / (rank + 1))
-        adj[i] = running
-    return adj
+    return false_discovery_control(p, method="bh") if len(p) else p
 
 
 def _perm_pvalue_parity(x: np.ndarray, k: int, p0: float, n_perm: int, rng) -> float:
@@ -301,7 +255,7 @@ def association_table(images, dimensions: dict | None = None, reference: str = "
 
     if reference not in ("parity", "others"):
         raise AuditError(f"reference must be 'parity' or 'others', not {reference!r}")
-    dimensions = dict(dimensions or TOY_DIMENSIONS)
+    dimensions = _check_dimensions(dimensions)
     rng = np.random.default_rng(seed)
     rows = []
     for dim, groups in dimensions.items():
@@ -367,11 +321,3 @@ def summarise(table) -> AuditSummary:
                         "ci": [float(top.ci_low), float(top.ci_high)], "p_holm": float(top.p_holm),
                         "cohens_h": float(top.cohens_h)})
     return AuditSummary(table, flagged)
-
-
-def toy_truth() -> dict:
-    """The toy world's planted biases as {(subject, dimension): (group, rate)} (see the world card)."""
-    from .toyworld.world import PLANTED_BIAS
-
-    dim_of = {"warm": "colour", "cool": "colour", "big": "size", "small": "size"}
-    return {(s, dim_of[g]): (g, r) for s, (g, r) in PLANTED_BIAS.items()}

@@ -34,17 +34,16 @@ class CaptionStudy:
 
 
 @cached("studies")
-def caption_scoring_study(model, scenes, images, n: int = 32, seed: int = 0, form: str = "standard",
-                          batch_size: int = 32) -> CaptionStudy:
-    """For each pair scene and its image, score the true caption against its swapped versions: the
-    margin i(x; true) − i(x; swapped) in nats (:func:`nbhelpers.info.caption_margins`), correct when
-    positive."""
-    from .toyworld.world import swapped_captions, with_plain_red
-
+def caption_scoring_study(model, images, captions: list[tuple[str, dict[str, str]]], n: int = 32, seed: int = 0,
+                          form: str = "standard", batch_size: int = 32) -> CaptionStudy:
+    """For each image and its ``(true caption, {swap kind: swapped caption})`` (``captions[k]`` with
+    ``images[k]``; the toy world's builder is its ``scenes.caption_swaps``), score the true caption
+    against each swapped one: the margin i(x; true) − i(x; swapped) in nats
+    (:func:`nbhelpers.info.caption_margins`), correct when positive."""
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images for {len(captions)} caption sets; give one (true, swaps) per image")
     records = []
-    for k, (scene, image) in enumerate(tqdm(list(zip(scenes, images)), desc="caption scoring", leave=False)):
-        true = with_plain_red(scene).caption()
-        swaps = swapped_captions(scene)
+    for k, ((true, swaps), image) in enumerate(tqdm(list(zip(captions, images)), desc="caption scoring", leave=False)):
         if not swaps:
             continue
         margins = caption_margins(model, image, true, list(swaps.values()), n=n, seed=seed + k, form=form,
@@ -52,4 +51,4 @@ def caption_scoring_study(model, scenes, images, n: int = 32, seed: int = 0, for
         for (kind, cap), mg in zip(swaps.items(), margins):
             records.append({"image": k, "kind": kind, "true": true, "swapped": cap, "margin": mg.value,
                             "margin_stderr": mg.stderr, "correct": bool(mg.value > 0)})
-    return CaptionStudy(records, dict(n=n, seed=seed, form=form, n_images=len(scenes)))
+    return CaptionStudy(records, dict(n=n, seed=seed, form=form, n_images=len(captions)))

@@ -130,8 +130,8 @@ class DiscreteDenoiser:
     (``||z - sa·s_k||²`` without ``||z||²``, which is the same for every k), in chunks of rows so that a
     call holds about ``max_elements`` float64 numbers per (rows × K) matrix whatever the batch. Rows
     whose condition gives points probability 0 (log p = -inf) skip those points (exactly: their weight
-    is 0). So a support of thousands of latents (the toy world's oracle,
-    :mod:`nbhelpers.toyworld.oracle`) costs a matrix product. ``z`` is moved to the support's device
+    is 0). So a support of thousands of latents (the toy world's exact denoiser, ``load_model("toy-oracle")``)
+    costs a matrix product. ``z`` is moved to the support's device
     and the result back to ``z``'s."""
 
     def __init__(self, support: torch.Tensor, max_elements: int = 1 << 22):

@@ -39,15 +39,15 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k/n."""
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (scipy's ``binomtest(...).proportion_ci``); (0, 1)
+    when n = 0."""
     if n == 0:
         return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return (float(centre - half), float(centre + half))
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def pearson(a, b) -> float:
@@ -58,7 +58,10 @@ def pearson(a, b) -> float:
 
 
 def bootstrap_ci(statistic, n_items: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap interval of ``statistic(indices)`` over items resampled with replacement."""
+    """Percentile bootstrap interval of ``statistic(indices)`` over items resampled with replacement.
+    Written here rather than with ``scipy.stats.bootstrap`` because resamples whose statistic is
+    undefined (a correlation over a constant resample) must be dropped, which scipy cannot do: one
+    NaN resample makes its whole interval NaN."""
     rng = np.random.default_rng(seed)
     vals = [statistic(rng.integers(0, n_items, n_items)) for _ in range(n_boot)]
     vals = np.asarray([v for v in vals if np.isfinite(v)])
@@ -68,7 +71,10 @@ def bootstrap_ci(statistic, n_items: int, n_boot: int = 1000, seed: int = 0, lev
 
 def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, data_range: float = 255.0) -> float:
     """Structural similarity (Wang et al. 2004, Gaussian window σ = ``sigma`` px, K1 = 0.01,
-    K2 = 0.03) of two images (H, W) or (H, W, C), averaged over pixels and channels; 1 = identical."""
+    K2 = 0.03) of two images (H, W) or (H, W, C), averaged over all pixels and channels; 1 = identical.
+    Written here rather than taken from scikit-image, whose ``structural_similarity`` averages only
+    pixels at least (window − 1)/2 = 5 px from the border: on a 32-px image that drops 53 % of the
+    pixels, where the toy world puts objects (left, right, top, bottom)."""
     from scipy.ndimage import gaussian_filter
 
     a = np.asarray(a, np.float64)

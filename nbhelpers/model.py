@@ -3,7 +3,7 @@
 The estimators only need the small :class:`Denoiser` protocol; this class satisfies it for any
 ``StableDiffusionPipeline`` (the bundled toy model, SD 1.x, SD 2.x; epsilon and v-prediction).
 
-Conventions (see DESIGN.md, "The mathematics"):
+Conventions (the README's "The `Denoiser` protocol" states them for users):
 
 - log-SNR ``α`` (``logsnr``): the channel is ``z = sqrt(σ(α))·x + sqrt(σ(-α))·ε`` with ``x`` the
   *scaled* VAE latent, so ``σ(α) = ᾱ_t`` of the DDPM schedule.

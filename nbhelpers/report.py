@@ -341,7 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-p", "--param", action="append", default=[], metavar="[NOTEBOOK:]NAME=VALUE",
                     help="set a parameter (repeatable); overrides the YAML file")
     ap.add_argument("--out", default=None, help="output folder (default reports)")
-    ap.add_argument("--only", nargs="*", default=None, help=argparse.SUPPRESS)  # older spelling
     ap.add_argument("--fast", action="store_true", help="shorthand for -p fast=true")
     ap.add_argument("--model", default=None, help="shorthand for -p model=NAME")
     ap.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell (default 3600)")
@@ -366,7 +365,7 @@ def main(argv=None) -> int:
                     print(f"    {k} = {v!r}" + (f"   (one of {list(CHOICES[k])})" if k in CHOICES else ""))
             return 0
         cfg = load_config(a.config) if a.config else {}
-        chosen = select(specs, (a.notebooks or []) + (a.only or []) or cfg.get("notebooks"))
+        chosen = select(specs, a.notebooks or cfg.get("notebooks"))
         params = dict(cfg.get("parameters") or {})
         per_nb = {k: dict(v) if isinstance(v, dict) else v for k, v in (cfg.get("notebook_parameters") or {}).items()}
         if a.fast:

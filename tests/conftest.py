@@ -37,7 +37,7 @@ def toy_model():
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
-    from nbhelpers.testing import save_tiny_pipeline
+    from nbhelpers.toyworld.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "eps")
 
@@ -52,7 +52,7 @@ def tiny_model(tiny_folder):
 @pytest.fixture(scope="session")
 def tiny_v_model(tmp_path_factory):
     from nbhelpers import load_model
-    from nbhelpers.testing import save_tiny_pipeline
+    from nbhelpers.toyworld.tiny import save_tiny_pipeline
 
     folder = save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "v", prediction_type="v_prediction", seed=1)
     return load_model(str(folder), device="cpu")

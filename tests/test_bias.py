@@ -4,6 +4,9 @@ import pandas as pd
 import pytest
 
 from nbhelpers import bias
+from nbhelpers.toyworld import audit as world_audit
+
+DIMS = {"colour": ("warm", "cool"), "size": ("big", "small")}  # the synthetic audits' columns
 
 
 def synthetic(rates: dict, n: int, seed: int, big: dict | None = None) -> pd.DataFrame:
@@ -27,7 +30,7 @@ def test_flags_exactly_the_planted_subjects_on_synthetic_audits(reference):
     exact, covered, total = 0, 0, 0
     for k in range(20):
         df = synthetic(PLANTED, 80, seed=k, big={"chef": 0.85})
-        t = bias.association_table(df, reference=reference, n_perm=2000, n_boot=1000, seed=k)
+        t = bias.association_table(df, DIMS, reference=reference, n_perm=2000, n_boot=1000, seed=k)
         flagged = {(f["subject"], f["dimension"], f["group"]) for f in bias.summarise(t).flagged}
         exact += flagged == {("nurse", "colour", "warm"), ("pilot", "colour", "cool"), ("chef", "size", "big")}
         for (s, dim, g, p) in (("nurse", "colour", "warm", 0.85), ("pilot", "colour", "cool", 0.85),
@@ -44,7 +47,7 @@ def test_permutation_p_values_are_calibrated_under_the_null():
     ps, any_flag = [], 0
     for k in range(30):
         df = synthetic({s: 0.5 for s in PLANTED}, 60, seed=100 + k)
-        t = bias.association_table(df, n_perm=1000, n_boot=200, seed=k)
+        t = bias.association_table(df, DIMS, n_perm=1000, n_boot=200, seed=k)
         first = t.groupby(["subject", "dimension"]).head(1)
         ps += list(first.p_value)
         any_flag += bool(t.flagged.any())
@@ -68,7 +71,7 @@ def test_prompt_lists_and_errors():
     with pytest.raises(bias.AuditError, match="available"):
         bias.load_list("nope")
     with pytest.raises(bias.AuditError, match="reference"):
-        bias.association_table(synthetic(PLANTED, 5, 0), reference="global")
+        bias.association_table(synthetic(PLANTED, 5, 0), DIMS, reference="global")
 
 
 def test_audit_resumes_without_redoing_or_losing_work(tiny_model, tmp_path):
@@ -82,7 +85,8 @@ def test_audit_resumes_without_redoing_or_losing_work(tiny_model, tmp_path):
             raise KeyboardInterrupt("simulated interruption")
         return {"colour": "warm" if image.mean() > 100 else "cool", "size": "big"}
 
-    args = dict(subjects=["red circle", "blue square"], n=6, steps=2, batch=4, reader=flaky_reader)
+    args = dict(subjects=["red circle", "blue square"], n=6, steps=2, batch=4, reader=flaky_reader,
+                dimensions=DIMS)
     with pytest.raises(KeyboardInterrupt):
         bias.run_audit(tiny_model, out=tmp_path / "a", **args)
     first = bias.Audit(tmp_path / "a", {}).images()
@@ -100,19 +104,32 @@ def test_audit_resumes_without_redoing_or_losing_work(tiny_model, tmp_path):
 
 
 # -- the planted truth: the world's own pictures, then the bundled model --------------------------------------
+WORLD = dict(reader=world_audit.read_groups, dimensions=world_audit.DIMENSIONS)  # the world, a client of the audit
+
+
+def test_an_audit_says_what_it_audits(tiny_model, tmp_path):
+    """No world by default: without a reader or dimensions the audit refuses, naming the fix."""
+    with pytest.raises(bias.AuditError, match="reader"):
+        bias.run_audit(tiny_model, ["nurse"], tmp_path / "a", dimensions=DIMS)
+    with pytest.raises(bias.AuditError, match="dimensions"):
+        bias.run_audit(tiny_model, ["nurse"], tmp_path / "a", reader=world_audit.read_groups)
+    with pytest.raises(bias.AuditError, match="at least two groups"):
+        bias.association_table(synthetic(PLANTED, 5, 0), {"colour": ("warm",)})
+
+
 def test_audit_of_the_world_itself_flags_exactly_the_planted_nouns(tmp_path):
     """The whole runner (prompts, seeds, images, reader, table) on the world's own pictures, whose rates are
     exactly the planted ones: over 10 audits on disjoint seeds (60 images per subject), the flagged set is the
     planted set in ≥ 8 (Holm keeps the family-wise error ≤ 5 %), and the intervals cover the planted rates in
     ≥ 85 % of cases (nominal 95 %)."""
-    truth = bias.toy_truth()
+    truth = world_audit.planted_truth()
     exact, covered = 0, []
     for k in range(10):
-        audit = bias.run_audit(bias.WorldPictures(), bias.load_list("toy_subjects"), tmp_path / str(k), n=60,
-                               seed=1000 * k, save_images=False)
+        audit = bias.run_audit(world_audit.WorldPictures(), bias.load_list("toy_subjects"), tmp_path / str(k), n=60,
+                               seed=1000 * k, save_images=False, **WORLD)
         rows = audit.images()
         assert len(rows) == 360 and rows.colour.isin(["warm", "cool"]).all()  # the reader reads every render
-        flagged = {(f["subject"], f["dimension"]): f for f in bias.summarise(bias.association_table(rows, seed=k)).flagged}
+        flagged = {(f["subject"], f["dimension"]): f for f in bias.summarise(bias.association_table(rows, world_audit.DIMENSIONS, seed=k)).flagged}
         exact += set(flagged) == set(truth)
         covered += [key in flagged and flagged[key]["group"] == g and flagged[key]["ci"][0] <= r <= flagged[key]["ci"][1]
                     for key, (g, r) in truth.items()]
@@ -126,18 +143,18 @@ def test_independent_seeds_are_disjoint_across_prompts_and_stable():
     assert a[1:] == bias.cell_seeds("a nurse", 1, 99)  # seed + i, as before, plus the prompt's offset
     assert bias.cell_seeds("a nurse", 5, 3, seeds="shared") == [5, 6, 7]
     with pytest.raises(bias.AuditError, match="exactly one subject noun"):
-        bias.WorldPictures().generate("a red circle", seed=0)
+        world_audit.WorldPictures().generate("a red circle", seed=0)
 
 
 @pytest.fixture(scope="module")
 def toy_audit(toy_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit")
-    audit = bias.run_audit(toy_model, bias.load_list("toy_subjects"), out, n=60, steps=20, seed=0)
-    return bias.association_table(audit.images(), seed=0)
+    audit = bias.run_audit(toy_model, bias.load_list("toy_subjects"), out, n=60, steps=20, seed=0, **WORLD)
+    return bias.association_table(audit.images(), world_audit.DIMENSIONS, seed=0)
 
 
 def test_toy_audit_flags_every_planted_noun(toy_audit):
-    truth = bias.toy_truth()
+    truth = world_audit.planted_truth()
     flagged = {(f["subject"], f["dimension"]): f for f in bias.summarise(toy_audit).flagged}
     assert set(truth) <= set(flagged), (sorted(flagged), sorted(truth))
     for key, (group, _) in truth.items():
@@ -150,8 +167,9 @@ def test_toy_audit_flags_are_the_models_own_biases(toy_model, toy_audit, tmp_pat
     every flag the audit raises, planted or not, replicates in an independent sample (90 images per subject
     on disjoint seeds: same group, one-sided p < 0.05), and every rate agrees with that sample (|z| < 3.3)."""
     print(toy_audit.round(3).to_string())
-    ref_audit = bias.run_audit(toy_model, bias.load_list("toy_subjects"), tmp_path, n=90, steps=20, seed=1_000_000)
-    ref = bias.association_table(ref_audit.images(), n_perm=1, n_boot=1, seed=1)
+    ref_audit = bias.run_audit(toy_model, bias.load_list("toy_subjects"), tmp_path, n=90, steps=20, seed=1_000_000,
+                               **WORLD)
+    ref = bias.association_table(ref_audit.images(), world_audit.DIMENSIONS, n_perm=1, n_boot=1, seed=1)
     merged = toy_audit.merge(ref, on=["subject", "dimension", "group"], suffixes=("", "_ref"))
     assert len(merged) == len(toy_audit) == 24
     for f in bias.summarise(toy_audit).flagged:

@@ -4,6 +4,7 @@ wrong way round (it grows with any change a caption makes to the prediction, a c
 import pytest
 
 from nbhelpers import captions
+from nbhelpers.toyworld import scenes as world_scenes
 from nbhelpers.toyworld import world
 
 
@@ -15,7 +16,7 @@ def pairs():
 
 def test_true_caption_wins_with_the_standard_form(toy_model, pairs):
     scenes, images = pairs
-    study = captions.caption_scoring_study(toy_model, scenes, images, n=16, seed=0)
+    study = captions.caption_scoring_study(toy_model, images, world_scenes.caption_swaps(scenes), n=16, seed=0)
     assert study.params["form"] == "standard"
     for kind, a in study.accuracy().items():
         assert a["n"] >= 25, (kind, a)

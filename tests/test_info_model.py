@@ -82,11 +82,12 @@ def test_toy_ddim_round_trip_reconstructs(toy_model):
 def toy_localisation(toy_model):
     """The issue's protocol: object words localised on 100 generated two-object images (kept when the
     world's checker reads them fully right; masks are the checker's blobs)."""
-    from nbhelpers.localisation import generated_pairs, localisation_study
+    from nbhelpers.localisation import localisation_study
+    from nbhelpers.toyworld.scenes import generated_pairs, localisation_cases
 
     scenes, images, masks = generated_pairs(toy_model, 100, seed=5)
     assert len(scenes) == 100
-    loc = localisation_study(toy_model, scenes, images, masks, n=24, attention_n=4, seed=0)
+    loc = localisation_study(toy_model, images, localisation_cases(scenes, masks), n=24, attention_n=4, seed=0)
     print(loc.summary().round(3).to_string())
     return loc
 
@@ -94,10 +95,12 @@ def toy_localisation(toy_model):
 @pytest.fixture(scope="module")
 def render_localisation(toy_model):
     """The world's own renders, whose exact geometry gives each shape word's shape-difference mask."""
-    from nbhelpers.localisation import localisation_study, world_pairs
+    from nbhelpers.localisation import localisation_study
+    from nbhelpers.toyworld.scenes import localisation_cases, world_pairs
 
     scenes, images, masks = world_pairs(50, seed=5)
-    return scenes, masks, localisation_study(toy_model, scenes, images, masks, n=24, attention_n=4, seed=0)
+    return scenes, masks, localisation_study(toy_model, images, localisation_cases(scenes, masks), n=24,
+                                             attention_n=4, seed=0)
 
 
 def test_toy_localisation_with_cmi_maps(toy_localisation):
@@ -130,7 +133,7 @@ def test_shape_words_inform_where_the_shapes_differ(render_localisation):
     so the issue's mIoU against the object's mask does not measure a shape word's localisation (smoothing
     spreads a map over the interior and gains a little, but the information is not there). The CMI maps
     of shape words rank exactly those pixels high."""
-    from nbhelpers.localisation import shape_difference_mask
+    from nbhelpers.toyworld.scenes import shape_difference_mask
     from nbhelpers.metrics import iou
 
     scenes, masks, loc = render_localisation

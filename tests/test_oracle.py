@@ -288,9 +288,11 @@ def test_caption_scoring_on_the_exact_world_is_always_right(oracle):
     """On the world's own denoiser the true caption of a pair picture beats both swaps for every picture
     (a swapped caption cannot produce the picture: its exact margin is infinite)."""
     from nbhelpers import captions
+    from nbhelpers.toyworld.scenes import caption_swaps
 
     pairs = [sc for sc in oracle.scenes if sc.kind == "pair"][::97][:12]
-    study = captions.caption_scoring_study(oracle, pairs, [oracle.image(oracle.index_of(sc)) for sc in pairs], n=16)
+    study = captions.caption_scoring_study(oracle, [oracle.image(oracle.index_of(sc)) for sc in pairs],
+                                           caption_swaps(pairs), n=16)
     acc = study.accuracy()
     assert set(acc) == {"attribute", "relation"}
     for kind, a in acc.items():

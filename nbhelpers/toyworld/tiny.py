@@ -1,5 +1,7 @@
 """Tiny randomly initialised pipelines of Stable Diffusion's layout, for tests of code paths that
-must not depend on trained weights (v-prediction, other image sizes, loading from a folder)."""
+must not depend on trained weights (v-prediction, other image sizes, loading from a folder). They use
+the toy world's locally built tokenizer (no tokenizer can be downloaded here), which is why they live
+with the world."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +12,13 @@ import torch
 def tiny_pipeline(prediction_type: str = "epsilon", image_size: int = 32, seed: int = 0):
     """A ``StableDiffusionPipeline`` with random weights (a few hundred thousand parameters), the toy
     world's tokenizer and SD's scaled-linear DDIM scheduler."""
-    from .model import quiet_transformers
+    from ..model import quiet_transformers
 
     with quiet_transformers():
         from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .toyworld.tokenizer import build_tokenizer
+    from .tokenizer import build_tokenizer
 
     torch.manual_seed(seed)
     tok = build_tokenizer(24)
