@@ -28,7 +28,8 @@ magnitude does not average signs away (AUROC ≥ 0.9 on every one of 20 images).
   and the same for random orders as the baseline.
 - :func:`step_schedule`: uniform, early- or late-focused (exponentially spaced) step indices.
 - :func:`concept_emergence`: at each step, which attributes the predicted clean image already shows
-  (toy-world checker by default, any ``reader`` for real models), and the step each one settles.
+  (as read by the ``reader`` passed in: any image classifier; the toy world supplies its checker's
+  ``emergence_reader``), and the step each one settles.
 
 Steps are indexed 0 … S−1 from pure noise to the last step; every result carries the steps' log-SNRs
 (nats). All UNet passes of one analysis go in one batch (``max_batch`` splits it).
@@ -425,27 +426,6 @@ def faithfulness(model, tr: Trace, saliency: Saliency, n_points: int = 11, n_ran
 
 
 # -- concept emergence ------------------------------------------------------------------------------------
-def toy_reader(image: np.ndarray) -> dict | None:
-    """The toy world's checker as a reader: attributes of the largest object, or None if none.
-
-    Early predictions are blurry: an object's pixels are mixtures of its colour and the background,
-    and a mixed yellow is nearer green than yellow. So the colour is read by direction: the palette
-    colour c whose c − background points most nearly (cosine) along the blob's mean pixel −
-    background, which is invariant to how much background is mixed in."""
-    from .toyworld.checker import read_image
-    from .toyworld.world import BACKGROUND, COLOURS
-
-    r = read_image(image, max_objects=1)
-    if not r:
-        return None
-    bg = np.asarray(BACKGROUND, float)
-    d = np.asarray(image, float)[r[0].mask].mean(0) - bg
-    names = list(COLOURS)
-    dirs = np.array([np.asarray(COLOURS[k], float) - bg for k in names])
-    cos = dirs @ d / (np.linalg.norm(dirs, axis=1) * max(np.linalg.norm(d), 1e-9))
-    return {"colour": names[int(np.argmax(cos))], "shape": r[0].shape, "size": r[0].size, "position": r[0].position}
-
-
 @dataclass
 class Emergence:
     """Per image and attribute the step from which the predicted clean image shows the attribute
@@ -495,11 +475,16 @@ def concept_emergence(model, prompts: list[str], seeds: list[int] | None = None,
                       guidance: float = 1.0, reader=None, attributes=("colour", "position", "size", "shape"),
                       batch: int = 32) -> Emergence:
     """Generate each prompt (one seed each), read every step's predicted clean image with
-    ``reader(image) -> {attribute: value} or None`` (default: :func:`toy_reader`) and find when
-    each attribute settles on its final value. The default ``guidance=1.0`` reads the model's own
+    ``reader(image) -> {attribute: value} or None`` (required: e.g. the toy world's
+    ``concepts.emergence_reader``, or any classifier of the attributes) and find
+    when each attribute settles on its final value. The default ``guidance=1.0`` reads the model's own
     conditional predictions; with guidance, early predictions are extrapolations (they decode to
     distorted colours on the toy model)."""
-    reader = reader or toy_reader
+    if reader is None or not callable(reader):
+        raise ValueError("concept_emergence needs reader=, a function image -> {attribute: value} or None that "
+                         "reads the attributes in an image, e.g. the toy world's "
+                         "concepts.emergence_reader (got "
+                         f"{'nothing' if reader is None else type(reader).__name__})")
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
@@ -531,77 +516,3 @@ def concept_emergence(model, prompts: list[str], seeds: list[int] | None = None,
             settled[i, j] = 0 if len(bad) == 0 else bad[-1] + 1
     curves = {att: shows[:, j].mean(0) for j, att in enumerate(attributes)}
     return Emergence(attributes, settled, curves, logsnrs, list(prompts))
-
-
-# -- checks against the toy world's ground truth -----------------------------------------------------------
-@dataclass
-class OverlapStudy:
-    """Per generated one-object image: how well each map picks out the object the checker finds
-    (AUROC of map vs mask, 0.5 = a random map), and the deletion/insertion AUCs of the saliency
-    maps against random orders. ``summary()`` gives means with bootstrap 95 % intervals."""
-
-    records: list[dict]
-    params: dict = field(default_factory=dict)
-
-    def table(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.records)
-
-    def summary(self) -> dict:
-        from .metrics import bootstrap_ci
-
-        df = self.table()
-        out = {}
-        for col in [c for c in df.columns if c.startswith(("auroc", "deletion", "insertion", "beats"))]:
-            v = df[col].dropna().to_numpy(float)
-            if len(v):
-                lo, hi = bootstrap_ci(lambda idx, v=v: float(v[idx].mean()), len(v), n_boot=1000)
-                out[col] = {"mean": float(v.mean()), "ci": (lo, hi), "n": int(len(v))}
-        return out
-
-
-@cached("timesteps")
-def world_overlap_study(model, n_images: int = 12, seed: int = 0, steps: int = 20, guidance: float = 3.0,
-                        explain_step: int | None = None, n_masks: int = 128, n_random: int = 4) -> OverlapStudy:
-    """On one-object toy-world prompts: trace each generation, take the colour and noun words'
-    cross-attention (mean over steps), DF-RISE and DF-CAM saliency at ``explain_step`` (default:
-    three quarters of the way), score each against the object's mask in the final image (the
-    checker's blob) by AUROC, with a random map as the floor, and run the deletion/insertion test."""
-    from .metrics import auroc, upsample
-    from .toyworld import world
-    from .toyworld.checker import read_image
-
-    explain_step = int(0.75 * steps) if explain_step is None else explain_step
-    scenes = [world.with_plain_red(s) for s in world.sample_scenes(n_images, seed=seed, split="all", kind="single")]
-    g = np.random.default_rng(seed)
-    records = []
-    for i, sc in enumerate(tqdm(scenes, desc="overlap", mininterval=5)):
-        o = sc.objects[0]
-        prompt = sc.caption()
-        tr = trace(model, prompt, seed=seed + i, steps=steps, guidance=guidance, words=[o.colour_word or o.colour, o.noun])
-        blobs = read_image(tr.image, max_objects=1)
-        if not blobs:
-            records.append({"prompt": prompt, "found": False})
-            continue
-        mask = blobs[0].mask
-        size = mask.shape[0]
-        rise = rise_saliency(model, tr, explain_step, n_masks=n_masks, seed=seed + i)
-        cam = gradcam_saliency(model, tr, explain_step)
-        rec = {"prompt": prompt, "found": True,
-               "auroc_attention_colour": auroc(upsample(tr.word_map(tr.words[0]), size), mask),
-               "auroc_attention_noun": auroc(upsample(tr.word_map(tr.words[1]), size), mask),
-               "auroc_rise": auroc(upsample(rise.map, size), mask),
-               "auroc_cam": auroc(upsample(cam.map, size), mask),
-               "auroc_random_map": auroc(g.random(mask.shape), mask)}
-        f_rise = faithfulness(model, tr, rise, n_random=n_random, seed=seed + i)
-        f_cam = faithfulness(model, tr, cam, n_random=0, seed=seed + i)  # same step: share RISE's random orders
-        for name, f in (("rise", f_rise), ("cam", f_cam)):
-            rec[f"deletion_auc_{name}"] = f.deletion_auc
-            rec[f"deletion_auc_random_{name}"] = f_rise.random_deletion_auc
-            rec[f"insertion_auc_{name}"] = f.insertion_auc
-            rec[f"insertion_auc_random_{name}"] = f_rise.random_insertion_auc
-            rec[f"beats_random_deletion_{name}"] = float(f.deletion_auc < f_rise.random_deletion_auc)
-        records.append(rec)
-    return OverlapStudy(records, dict(n_images=n_images, seed=seed, steps=steps, guidance=guidance,
-                                      explain_step=explain_step, n_masks=n_masks))

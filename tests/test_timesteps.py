@@ -188,14 +188,36 @@ def test_emergence_settling_is_computed_from_the_readings(tiny_model, monkeypatc
     assert set(em.table().columns) >= {"prompt", "attribute", "settled_step", "settled_logsnr"}
 
 
+def test_emergence_needs_a_reader(tiny_model):
+    """The method knows no world: without a reader it says what to pass, before generating anything."""
+    with pytest.raises(ValueError, match="reader=.*emergence_reader"):
+        timesteps.concept_emergence(tiny_model, ["a red circle"], seeds=[0], steps=2)
+
+
+def test_the_world_reader_reads_colour_by_direction():
+    """The toy world's emergence reader: the largest object's attributes, None on an empty image, and a
+    blob's colour read by its direction from the background, even when half the background is mixed in."""
+    from nbhelpers.toyworld import concepts, world
+    from nbhelpers.toyworld.checker import read_image
+
+    img = world.lone_scene("yellow", "square", "big", "left").render()
+    r = concepts.emergence_reader(img)
+    assert r == {"colour": "yellow", "shape": "square", "size": "big", "position": "left"}
+    assert concepts.emergence_reader(np.full((32, 32, 3), world.BACKGROUND, np.uint8)) is None
+    bg = np.asarray(world.BACKGROUND, float)
+    faded = np.where((img != world.BACKGROUND).any(-1, keepdims=True), (img + bg) / 2, img).round().astype(np.uint8)
+    assert concepts.emergence_reader(faded)["colour"] == "yellow"
+    assert read_image(faded, max_objects=1)[0].colour != "yellow"  # the plain checker's nearest colour errs
+
+
 # -- on the bundled toy model: the issue's checks -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def emergence(toy_model):
-    from nbhelpers.toyworld import world
+    from nbhelpers.toyworld import concepts, world
 
     scenes = [world.with_plain_red(s) for s in world.sample_scenes(100, seed=11, split="all", kind="single")]
     return timesteps.concept_emergence(toy_model, [s.caption() for s in scenes], seeds=list(range(100)), steps=20,
-                                       guidance=1.0)
+                                       guidance=1.0, reader=concepts.emergence_reader)
 
 
 def test_position_and_size_settle_before_shape(emergence):
@@ -219,7 +241,9 @@ def test_colour_settles_before_shape(emergence):
 
 @pytest.fixture(scope="module")
 def overlap(toy_model):
-    return timesteps.world_overlap_study(toy_model, n_images=10, seed=3, steps=20, n_masks=96, n_random=3)
+    from nbhelpers.toyworld.overlap import world_overlap_study
+
+    return world_overlap_study(toy_model, n_images=10, seed=3, steps=20, n_masks=96, n_random=3)
 
 
 def test_attention_falls_on_the_object(overlap):
