@@ -321,3 +321,63 @@ def summarise(table) -> AuditSummary:
                         "ci": [float(top.ci_low), float(top.ci_high)], "p_holm": float(top.p_holm),
                         "cohens_h": float(top.cohens_h)})
     return AuditSummary(table, flagged)
+
+
+# -- comparisons: against a known truth, against another audit, across guidance ------------------------------
+def truth_table(summary: AuditSummary, truth: dict):
+    """The audit's flags set against a known truth ``{(subject, dimension): (group, rate)}`` (the toy
+    world's planted biases): one row per true bias with the measured rate and interval when flagged.
+    ``.attrs``: ``every_true_bias_flagged``, ``extra_flags`` (flagged but not in the truth) and
+    ``true_rates_in_intervals`` (every flagged true bias's interval covers its true rate)."""
+    import pandas as pd
+
+    flagged = {(f["subject"], f["dimension"]): f for f in summary.flagged}
+    table = pd.DataFrame([{"subject": s, "dimension": d, "true group": g, "true rate": r, "flagged": (s, d) in flagged,
+                           "measured rate": flagged.get((s, d), {}).get("rate", np.nan),
+                           "95% interval": flagged.get((s, d), {}).get("ci")} for (s, d), (g, r) in truth.items()])
+    table.attrs.update(every_true_bias_flagged=set(truth) <= set(flagged), extra_flags=sorted(set(flagged) - set(truth)),
+                       true_rates_in_intervals=all(f["ci"][0] <= truth[k][1] <= f["ci"][1]
+                                                   for k, f in flagged.items() if k in truth))
+    return table
+
+
+def compare_audits(data_table, model_table):
+    """Two audits of the same subjects (e.g. the training pictures and the model) side by side, for
+    the groups the model leans towards (rate above its reference); ``.attrs["model_only"]``: the
+    (subject, dimension) pairs flagged in the model but not in the data, the biases the model added."""
+    both = data_table.merge(model_table, on=["subject", "dimension", "group"], suffixes=(" (data)", " (model)"))
+    shown = both[both["rate (model)"] > both["reference (model)"]][
+        ["subject", "dimension", "group", "rate (data)", "flagged (data)", "rate (model)", "flagged (model)"]]
+    shown = shown.sort_values(["flagged (model)", "subject"], ascending=[False, True]).reset_index(drop=True)
+    flagged_in = {name: {(f["subject"], f["dimension"]) for f in summarise(t).flagged}
+                  for name, t in (("data", data_table), ("model", model_table))}
+    shown.attrs.update(data_flagged=sorted(flagged_in["data"]),
+                       model_only=sorted(flagged_in["model"] - flagged_in["data"]))
+    return shown
+
+
+def rates_by_guidance(tables: dict, subjects):
+    """Each subject's leaning (the groups drawn above their reference in the first table) followed
+    across audits at several guidance scales: ``tables`` {guidance: association table}; a long table
+    with a ``guidance`` column (rates with intervals)."""
+    import pandas as pd
+
+    first = next(iter(tables.values()))
+    leaning = first[first.subject.isin(list(subjects)) & (first.rate > first.reference)][["subject", "dimension", "group"]]
+    return pd.concat([t.merge(leaning).assign(guidance=g) for g, t in tables.items()], ignore_index=True)
+
+
+def truth_frame(truth: dict):
+    """``{(subject, dimension): (group, rate)}`` as a table with columns subject, dimension, group, planted."""
+    import pandas as pd
+
+    return pd.DataFrame([{"subject": s, "dimension": d, "group": g, "planted": r} for (s, d), (g, r) in truth.items()],
+                        columns=["subject", "dimension", "group", "planted"])
+
+
+def true_rates_in_intervals(table, truth: dict):
+    """Rows of an association table for the true biases ``{(subject, dimension): (group, rate)}``, with
+    the true rate beside the measured one; ``.attrs["all_covered"]``: every interval covers its true rate."""
+    rows = table.merge(truth_frame(truth))[["subject", "dimension", "group", "planted", "rate", "ci_low", "ci_high"]]
+    rows.attrs["all_covered"] = bool(rows.ci_low.le(rows.planted).all() and rows.planted.le(rows.ci_high).all())
+    return rows

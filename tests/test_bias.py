@@ -180,3 +180,31 @@ def test_toy_audit_flags_are_the_models_own_biases(toy_model, toy_audit, tmp_pat
     se = np.sqrt(pooled * (1 - pooled) * (1 / merged.n + 1 / merged.n_ref)).clip(lower=1e-9)
     z = (merged.rate - merged.rate_ref) / se
     assert (z.abs() < 3.3).all(), merged.assign(z=z)[["subject", "dimension", "group", "rate", "rate_ref", "z"]]
+
+
+def test_comparisons_against_a_truth_another_audit_and_another_guidance():
+    """The lesson's comparisons as functions, on synthetic audits with known rates."""
+    truth = {("nurse", "colour"): ("warm", 0.85), ("pilot", "colour"): ("cool", 0.85)}
+    model = bias.association_table(synthetic(PLANTED, 200, seed=1), DIMS, n_perm=2000, n_boot=500, seed=1)
+    data = bias.association_table(synthetic({**PLANTED, "lawyer": 0.5}, 200, seed=2), DIMS, n_perm=2000, n_boot=500,
+                                  seed=2)
+    reveal = bias.truth_table(bias.summarise(model), truth)
+    assert reveal.flagged.all() and reveal.attrs["every_true_bias_flagged"] and reveal.attrs["extra_flags"] == []
+    assert reveal.attrs["true_rates_in_intervals"] == all(lo <= r <= hi for (lo, hi), r in
+                                                          zip(reveal["95% interval"], reveal["true rate"]))
+    assert bias.truth_table(bias.summarise(model), {("nurse", "colour"): ("warm", 0.2)}).attrs[
+        "true_rates_in_intervals"] is False
+    # the model leans lawyer warm where the data does not: the one bias the model added
+    skewed = bias.association_table(synthetic({**PLANTED, "lawyer": 0.9}, 200, seed=3), DIMS, n_perm=2000, n_boot=500,
+                                    seed=3)
+    both = bias.compare_audits(data, skewed)
+    assert both.attrs["model_only"] == [("lawyer", "colour")]
+    assert set(both.attrs["data_flagged"]) == set(truth)
+    assert (both["rate (model)"] > 0.5).all()
+    follow = bias.rates_by_guidance({3.0: skewed, 1.0: data}, ["nurse", "lawyer"])
+    assert sorted(follow.guidance.unique()) == [1.0, 3.0]
+    assert set(follow.query("guidance == 1.0").group) <= {"warm", "big", "small", "cool"}
+    covered = bias.true_rates_in_intervals(data, truth)
+    assert len(covered) == 2 and covered.attrs["all_covered"] == bool(
+        (covered.ci_low <= covered.planted).all() and (covered.planted <= covered.ci_high).all())
+    assert not bias.true_rates_in_intervals(data, {("nurse", "colour"): ("warm", 0.5)}).attrs["all_covered"]
