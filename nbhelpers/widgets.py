@@ -44,12 +44,11 @@ def explorer_image(model, prompt: str, seed: int, steps: int, guidance: float) -
 
 
 def prompt_explorer(model, prompt: str = "a big red circle on the left", seed: int = 0, steps: int = 25,
-                    guidance: float = 3.0):
-    """Type a prompt, pick a seed and a guidance scale, and see the generated image with what the
-    toy world's checker reads in it."""
+                    guidance: float = 3.0, describe=None):
+    """Type a prompt, pick a seed and a guidance scale, and see the generated image. ``describe``:
+    an optional function image (uint8 H×W×3) → short text, shown under the prompt (e.g. what a
+    classifier reads in the image; the toy world's is its ``concepts.describe``)."""
     import ipywidgets as w
-
-    from .toyworld.checker import read_image
 
     def draw(prompt, seed, guidance):
         fig, ax = plt.subplots(figsize=(3, 3.3))
@@ -61,9 +60,7 @@ def prompt_explorer(model, prompt: str = "a big red circle on the left", seed: i
             return
         ax.imshow(img, interpolation="nearest")
         ax.axis("off")
-        reads = read_image(img)
-        seen = "; ".join(f"{r.size} {r.colour} {r.shape} ({r.position})" for r in reads) or "nothing"
-        ax.set_title(f"{prompt}\nchecker sees: {seen}", fontsize=8)
+        ax.set_title(prompt if describe is None else f"{prompt}\n{describe(img)}", fontsize=8)
 
     controls = {
         "prompt": w.Text(value=prompt, description="prompt", continuous_update=False,
