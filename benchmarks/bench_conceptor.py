@@ -14,7 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["NBHELPERS_CACHE"] = "0"  # time the computation, not the result cache
 
 import nbhelpers as nbh  # noqa: E402
-from nbhelpers import conceptor as C
+from nbhelpers import conceptor as C  # noqa: E402
+from nbhelpers.immse import add_noise  # noqa: E402
+from nbhelpers.toyworld import concepts  # noqa: E402
 
 
 def main():
@@ -26,10 +28,12 @@ def main():
     ap.add_argument("--batch", type=int, default=6)
     a = ap.parse_args()
     m = nbh.load_model(a.model, device=a.device)
-    template = C.default_template(m)
+    toy = a.model == "toy"  # the world's template and vocabulary for the toy model, the method's defaults otherwise
+    template = concepts.TEMPLATE if toy else C.DEFAULT_TEMPLATE
+    vocabulary = concepts.vocabulary() if toy else None
     images = C.concept_images(m, a.concept, list(range(a.batch * 2)), template, steps=10)
     latents = m.encode_image(images)
-    dic = C.build_dictionary(m, a.concept, images, latents.cpu(), scorer="text", template=template)
+    dic = C.build_dictionary(m, a.concept, images, latents.cpu(), vocabulary, scorer="text", template=template)
     emb = dic.embeddings.to(m.device)
     mlp = C.CoefficientMLP(emb.shape[1], 100, emb.mean(0), emb.std(0)).to(m.device)
     opt = torch.optim.AdamW(mlp.parameters(), lr=1e-3, **({"fused": True} if m.device.type == "cuda" else {}))
@@ -40,16 +44,16 @@ def main():
         x = m.encode_image(images[idx.numpy()]) if reencode else latents[idx.to(latents.device)]
         t = torch.randint(0, 1000, (a.batch,), generator=g).double()
         al = m.logsnr_of(t)
-        e = torch.randn(x.shape, generator=g).to(x.device)
-        s = torch.sigmoid(al).float().view(-1, 1, 1, 1).to(x.device)
-        z = s.sqrt() * x + (1 - s).sqrt() * e
+        e = torch.randn(x.shape, generator=g)
+        z = add_noise(x.cpu(), al, e).to(m.device)  # as decompose does
+        e = e.to(m.device)
         if unet_only:
             with torch.no_grad():
                 cond = C.encode_with_token(m, C.pseudo_token(mlp(emb), emb, dic.target_norm), template)
             cond = cond.detach().requires_grad_(True)
         else:
             cond = C.encode_with_token(m, C.pseudo_token(mlp(emb), emb, dic.target_norm), template)
-        loss = torch.nn.functional.mse_loss(C.eps_with_grad(m, z, al, cond.expand(a.batch, -1, -1)), e)
+        loss = torch.nn.functional.mse_loss(m.eps(z, al, cond.expand(a.batch, -1, -1), grad=True), e)
         opt.zero_grad()
         loss.backward()
         if not unet_only:

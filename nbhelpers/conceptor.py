@@ -12,18 +12,21 @@ A concept word ("nurse") is explained as a sparse, weighted mixture of vocabular
    ``"pieces"`` (default) puts each of the word's tokens in the dictionary as its own entry, labelled
    ``word[piece]`` (``triangle[tri]``, ``triangle[angle]``) and scored as the whole word, because a
    pseudo-token is one token and a token is what the text encoder was trained on; ``"skip"`` leaves such
-   words out. Without an explicit word list the candidates are the tokenizer's whole-word tokens (those
-   that end a word, ``...</w>``, letters only, at least two of them), which is the paper's vocabulary
-   for SD.
+   words out. The candidates are the words of ``vocabulary=`` when one is given (a small model's own
+   word list; the toy world's lessons pass the world's words), else the tokenizer's
+   whole-word tokens (those that end a word, ``...</w>``, letters only, at least two of them), which is
+   the paper's vocabulary for SD. A given vocabulary also bounds the concept: a concept word outside it
+   is refused with the vocabulary listed.
 3. **Coefficients.** A 2-layer MLP (d → 100 → 1, ReLU, |·|) maps each entry's input embedding ``w_i`` to a
    coefficient ``α_i ≥ 0``. The pseudo-token ``Σ α_i w_i`` is renormalised to ``target_norm`` (the mean
    norm of the input embeddings of the vocabulary's word tokens) and put in place of the placeholder
    of ``template`` in the text encoder's **input token embeddings** (a forward hook on the token
    embedding layer: this transformers' ``CLIPTextModel`` takes no ``inputs_embeds``).
-4. **Loss.** The denoising loss on the (precomputed) VAE latents of the training images, t uniform, in
-   ε-space (v-prediction models are converted to ε as ``DiffusionModel.eps`` does) plus the sparsity
-   term ``λ·(1 − cos(top-k mix, full mix))``. AdamW (fused on CUDA); on a GPU the frozen UNet and text
-   encoder run in the model's fp16/bf16 with a gradient scaler for fp16, the coefficients stay fp32.
+4. **Loss.** The denoising loss on the (precomputed) VAE latents of the training images, t uniform,
+   noised with :func:`nbhelpers.immse.add_noise`, in ε-space (``model.eps``, which converts v-prediction
+   to ε) plus the sparsity term ``λ·(1 − cos(top-k mix, full mix))``. AdamW (fused on CUDA); on a GPU
+   the frozen UNet and text encoder run in the model's fp16/bf16 with a gradient scaler for fp16, the
+   coefficients stay fp32.
 5. **Best step.** Every ``eval_every`` steps the pseudo-token generates the validation seeds; the step
    whose images are most similar to the concept's own validation images (same seeds) wins.
 
@@ -52,12 +55,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import pearson
 from .cache import cached
+from .immse import add_noise
+from .metrics import pearson
 
 PLACEHOLDER = "_"  # a one-token stand-in for the pseudo-token in the template (replaced in the embeddings)
-DEFAULT_TEMPLATES = {"toy": "a {}", None: "a photo of a {}"}
-# Function words never used as dictionary entries (the toy world's, plus common English ones for SD).
+DEFAULT_TEMPLATE = "a photo of a {}"  # the paper's; a model whose captions read otherwise passes template=
+# Function words never used as dictionary entries (common English ones).
 STOP_WORDS = frozenset("""a an the on at in of and or to with by for from as is are was be it its this that
 these those there their his her he she they we you i my your our not no but if then so than into onto over
 under up down out off about""".split())
@@ -65,19 +69,17 @@ VAL_SEED_OFFSET = 100_000  # validation seeds are seed + VAL_SEED_OFFSET + j
 
 
 # --- small helpers ---------------------------------------------------------------------------------
-def default_template(model) -> str:
-    """"a {}" for the bundled toy model (its captions read "a big red circle ..."), else "a photo of a {}"."""
-    return DEFAULT_TEMPLATES.get(getattr(model, "name", None), DEFAULT_TEMPLATES[None])
-
-
-def _check_template(template: str) -> str:
+def _check_template(template: str | None) -> str:
+    template = template or DEFAULT_TEMPLATE
     if not isinstance(template, str) or template.count("{}") != 1:
         raise ValueError(f"template must contain exactly one '{{}}' where the concept goes, e.g. 'a photo of a {{}}'; "
                          f"got {template!r}")
     return template
 
 
-def _check_concept(model, concept: str, template: str) -> str:
+def _check_concept(model, concept: str, template: str, vocabulary: Sequence[str] | None = None) -> str:
+    """Refuse a concept that is not a string, is empty, has a word outside ``vocabulary`` (when given;
+    else one the tokenizer cannot spell) or makes the prompt too long."""
     from .errors import EmptyPromptError, PromptError
 
     if not isinstance(concept, str):
@@ -87,13 +89,12 @@ def _check_concept(model, concept: str, template: str) -> str:
     tok = model.tokenizer
     vocab = tok.get_vocab()
     words = [w.lower() for w in concept.split()]
-    if getattr(model, "name", None) == "toy":
-        from .toyworld.world import vocabulary
-
-        known = set(vocabulary())
+    if vocabulary is not None:
+        vocabulary = list(vocabulary)
+        known = {v.lower() for v in vocabulary}
         unknown = [w for w in words if w not in known]
         if unknown:
-            raise ValueError(f"the toy world has no word {unknown[0]!r}; its words are: {', '.join(vocabulary())}")
+            raise ValueError(f"the vocabulary has no word {unknown[0]!r}; its words are: {', '.join(vocabulary)}")
     else:  # a real tokenizer spells every string; refuse only pure character soup
         pieces = tok.tokenize(concept)
         if any(p == tok.unk_token for p in pieces) or not pieces or not all(p in vocab for p in pieces):
@@ -128,7 +129,7 @@ def _seed_list(seeds) -> list[int]:
 def concept_images(model, concept: str, seeds, template: str | None = None, steps: int = 25, guidance: float = 3.0,
                    batch_size: int = 16) -> np.ndarray:
     """uint8 images (N, H, W, 3) of ``template.format(concept)``, one per seed (``model.generate``)."""
-    template = _check_template(template or default_template(model))
+    template = _check_template(template)
     prompt = template.format(concept)
     seeds = _seed_list(seeds)
     out = []
@@ -198,11 +199,10 @@ def _word_tokens(tokenizer, word: str) -> list[int]:
     return list(tokenizer(word, add_special_tokens=False)["input_ids"])
 
 
-def candidate_entries(model, words: Sequence[str] | None = None, exclude: Sequence[str] = (),
+def candidate_entries(model, vocabulary: Sequence[str] | None = None, exclude: Sequence[str] = (),
                       multi_token: str = "pieces") -> list[Entry]:
-    """The dictionary's candidates (see the module docstring): entries for ``words`` (default: the toy
-    world's vocabulary for the toy model, else every whole-word token of the tokenizer) minus
-    :data:`STOP_WORDS` and ``exclude``."""
+    """The dictionary's candidates (see the module docstring): entries for the words of ``vocabulary``
+    (default: every whole-word token of the tokenizer) minus :data:`STOP_WORDS` and ``exclude``."""
     if multi_token not in ("pieces", "skip"):
         raise ValueError(f"multi_token must be 'pieces' or 'skip', not {multi_token!r}")
     tok = model.tokenizer
@@ -210,11 +210,7 @@ def candidate_entries(model, words: Sequence[str] | None = None, exclude: Sequen
     drop = {w.lower() for w in exclude} | STOP_WORDS
     entries: list[Entry] = []
     seen: set[int] = set()
-    if words is None and getattr(model, "name", None) == "toy":
-        from .toyworld.world import vocabulary
-
-        words = vocabulary()
-    if words is None:
+    if vocabulary is None:
         for t, i in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]):
             if not t.endswith("</w>") or i in special:
                 continue
@@ -223,7 +219,7 @@ def candidate_entries(model, words: Sequence[str] | None = None, exclude: Sequen
                 seen.add(i)
                 entries.append(Entry(i, t, w))
         return entries
-    for w in words:
+    for w in vocabulary:
         if w.lower() in drop:
             continue
         ids = [i for i in _word_tokens(tok, w) if i not in special]
@@ -257,8 +253,7 @@ class DenoiserScorer:
         t = torch.randint(0, n_t, (len(x),), generator=g).double()
         a = model.logsnr_of(t)
         e = torch.randn(x.shape, generator=g)
-        s = torch.sigmoid(a).float().view(-1, 1, 1, 1)
-        z = s.sqrt() * x.cpu() + (1 - s).sqrt() * e
+        z = add_noise(x.cpu(), a, e)
         base = (model.eps(z, a, None, max_batch=self.batch_size).cpu() - e).pow(2).mean((1, 2, 3))
         conds = model.encode_text([template.format(w) for w in words])
         scores = []
@@ -293,28 +288,6 @@ class TextScorer:
         return torch.nn.functional.cosine_similarity(emb, ref).numpy()
 
 
-class CLIPScorer:
-    """The paper's scorer: cosine similarity of CLIP's text embedding of each word with the mean CLIP
-    image embedding of the concept's images. Pass a loaded ``transformers.CLIPModel`` and processor."""
-
-    name = "clip"
-
-    def __init__(self, clip_model, processor, device: str | torch.device = "cpu", batch_size: int = 256):
-        self.clip, self.processor, self.device, self.batch_size = clip_model, processor, device, batch_size
-
-    @torch.no_grad()
-    def __call__(self, model, words, template, concept, images, latents, seed: int = 0):
-        inputs = self.processor(images=list(np.asarray(images)), return_tensors="pt").to(self.device)
-        im = self.clip.get_image_features(**inputs)
-        im = (im / im.norm(dim=-1, keepdim=True)).mean(0)
-        out = []
-        for i in range(0, len(words), self.batch_size):
-            t = self.processor(text=list(words[i : i + self.batch_size]), return_tensors="pt", padding=True).to(self.device)
-            e = self.clip.get_text_features(**t)
-            out.append((e / e.norm(dim=-1, keepdim=True)) @ im)
-        return torch.cat(out).float().cpu().numpy()
-
-
 def _resolve_scorer(scorer, n_words: int):
     if callable(scorer) and not isinstance(scorer, str):
         return scorer
@@ -324,7 +297,8 @@ def _resolve_scorer(scorer, n_words: int):
         return DenoiserScorer()
     if scorer == "text":
         return TextScorer()
-    raise ValueError(f"scorer must be 'auto', 'denoiser', 'text' or a callable such as CLIPScorer(clip, processor); "
+    raise ValueError(f"scorer must be 'auto', 'denoiser', 'text' or a callable "
+                     f"scorer(model, words, template, concept, images, latents, seed=...) -> one score per word; "
                      f"got {scorer!r}")
 
 
@@ -339,19 +313,22 @@ class Dictionary:
     scorer: str
 
 
-def build_dictionary(model, concept: str, images=None, latents=None, words: Sequence[str] | None = None,
+def build_dictionary(model, concept: str, images=None, latents=None, vocabulary: Sequence[str] | None = None,
                      scorer="auto", size: int = 5000, exclude_concept: bool = True, exclude: Sequence[str] = (),
                      multi_token: str = "pieces", template: str | None = None, seed: int = 0) -> Dictionary:
     """Score the candidate tokens against the concept's images and keep the best ``size``.
 
     ``scorer``: "denoiser" (:class:`DenoiserScorer`, the model's own, needs ``latents``), "text"
-    (:class:`TextScorer`), "auto" (denoiser for up to 512 words, else text) or a callable such as
-    :class:`CLIPScorer`. ``target_norm`` is the mean norm of all candidates' input embeddings."""
-    template = _check_template(template or default_template(model))
+    (:class:`TextScorer`), "auto" (denoiser for up to 512 words, else text) or any callable
+    ``scorer(model, words, template, concept, images, latents, seed=...)`` returning one score per word
+    (higher: a better candidate). ``vocabulary``: the candidate words (see :func:`candidate_entries`).
+    ``target_norm`` is the mean norm of all candidates' input embeddings."""
+    template = _check_template(template)
     excl = list(exclude) + (concept.lower().split() if exclude_concept else [])
-    entries = candidate_entries(model, words, excl, multi_token)
+    entries = candidate_entries(model, vocabulary, excl, multi_token)
     if not entries:
-        raise ValueError("the dictionary is empty: no candidate word is left after the exclusions; pass words=[...]")
+        raise ValueError("the dictionary is empty: no candidate word is left after the exclusions; "
+                         "pass vocabulary=[...]")
     table = model.pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
     all_emb = table[[e.token_id for e in entries]]
     target_norm = float(all_emb.norm(dim=1).mean())
@@ -427,7 +404,7 @@ def _placeholder_position(model, template: str) -> tuple[torch.Tensor, int]:
 def encode_with_token(model, token: torch.Tensor, template: str | None = None) -> torch.Tensor:
     """Text-encoder hidden states (B, L, D) of ``template`` with the placeholder's input embedding
     replaced by ``token`` (d,) or (B, d); differentiable in ``token``."""
-    template = _check_template(template or default_template(model))
+    template = _check_template(template)
     ids, pos = _placeholder_position(model, template)
     token = token if token.ndim == 2 else token[None]
     ids = ids.expand(token.shape[0], -1).to(model.device)
@@ -443,11 +420,6 @@ def encode_with_token(model, token: torch.Tensor, template: str | None = None) -
         return model.pipe.text_encoder(ids)[0]
     finally:
         h.remove()
-
-
-def eps_with_grad(model, z: torch.Tensor, logsnr: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """``model.eps`` keeping the autograd graph (gradients reach the pseudo-token through ``cond``)."""
-    return model.eps(z, logsnr, cond, grad=True)
 
 
 # --- the result ------------------------------------------------------------------------------------------
@@ -551,7 +523,8 @@ class Decomposition:
 @cached("conceptor")
 def decompose(model, concept: str, k: int = 5, steps: int = 500, n_train: int = 32, n_val: int = 8, seed: int = 0,
               template: str | None = None, lr: float = 1e-3, batch_size: int = 6, sparsity: float = 1e-3,
-              eval_every: int = 50, gen_steps: int = 25, guidance: float = 3.0, words: Sequence[str] | None = None,
+              eval_every: int = 50, gen_steps: int = 25, guidance: float = 3.0,
+              vocabulary: Sequence[str] | None = None,
               scorer="auto", dictionary_size: int = 5000, exclude_concept: bool = True, exclude: Sequence[str] = (),
               multi_token: str = "pieces", hidden: int = 100, similarity: Callable = pixel_similarity,
               images: np.ndarray | None = None, val_images: np.ndarray | None = None,
@@ -562,11 +535,14 @@ def decompose(model, concept: str, k: int = 5, steps: int = 500, n_train: int = 
     ``steps``/``lr``/``batch_size``/``sparsity`` (λ): the optimisation (paper: 500–1,000, 1e-3, 6,
     1e-3). Training images use seeds ``seed .. seed+n_train-1``, validation ones ``seed+100000+j``;
     ``images``/``val_images`` pass precomputed ones for those seeds. ``gen_steps``/``guidance``: the
-    sampler for every generated image. Same arguments, same result (on CPU)."""
+    sampler for every generated image. ``template``: the prompt, ``{}`` where the concept goes (default
+    :data:`DEFAULT_TEMPLATE`). ``vocabulary``: the words the model knows (default: the tokenizer's
+    whole-word tokens); when given, every word of ``concept`` must be one of them (else a ValueError
+    listing them) and the dictionary's candidates are its words. Same arguments, same result (on CPU)."""
     from tqdm.auto import tqdm
 
-    template = _check_template(template or default_template(model))
-    _check_concept(model, concept, template)
+    template = _check_template(template)
+    _check_concept(model, concept, template, vocabulary)
     for name, v, lo in (("k", k, 1), ("steps", steps, 0), ("n_train", n_train, 1), ("n_val", n_val, 1),
                         ("batch_size", batch_size, 1), ("eval_every", eval_every, 1)):
         if not isinstance(v, (int, np.integer)) or v < lo:
@@ -581,8 +557,8 @@ def decompose(model, concept: str, k: int = 5, steps: int = 500, n_train: int = 
         raise ValueError(f"got {len(images)} training and {len(val_images)} validation images for n_train={n_train}, "
                          f"n_val={n_val}")
     latents = model.encode_image(images).cpu()  # precomputed once: the VAE never runs in the loop
-    dic = build_dictionary(model, concept, images, latents, words, scorer, dictionary_size, exclude_concept, exclude,
-                           multi_token, template, seed)
+    dic = build_dictionary(model, concept, images, latents, vocabulary, scorer, dictionary_size, exclude_concept,
+                           exclude, multi_token, template, seed)
     n = len(dic.entries)
     if k > n:
         raise ValueError(f"k={k} is larger than the dictionary ({n} entries: {', '.join(e.label for e in dic.entries)}); "
@@ -598,7 +574,6 @@ def decompose(model, concept: str, k: int = 5, steps: int = 500, n_train: int = 
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and model.dtype == torch.float16)
     g = torch.Generator("cpu").manual_seed(seed + 1)
     n_t = model.pipe.scheduler.config.num_train_timesteps
-    x_all = latents.to(dev)
 
     history_steps, alpha_hist, val_sim, losses = [], [], [], []
     best = (-math.inf, 0, None)
@@ -623,13 +598,13 @@ def decompose(model, concept: str, k: int = 5, steps: int = 500, n_train: int = 
             idx = torch.randint(0, n_train, (batch_size,), generator=g)
             t = torch.randint(0, n_t, (batch_size,), generator=g).double()
             a_snr = model.logsnr_of(t)
-            e = torch.randn((batch_size, *latents.shape[1:]), generator=g).to(dev)
-            s = torch.sigmoid(a_snr).float().view(-1, 1, 1, 1).to(dev)
-            z = s.sqrt() * x_all[idx.to(dev)] + (1 - s).sqrt() * e
+            e = torch.randn((batch_size, *latents.shape[1:]), generator=g)
+            z = add_noise(latents[idx], a_snr, e).to(dev)
+            e = e.to(dev)
             alphas = mlp(emb)
             tokv = pseudo_token(alphas, emb, dic.target_norm)
             cond = encode_with_token(model, tokv, template)
-            pred = eps_with_grad(model, z, a_snr, cond.expand(batch_size, *cond.shape[1:]))
+            pred = model.eps(z, a_snr, cond.expand(batch_size, *cond.shape[1:]), grad=True)  # graph kept to the token
             den = torch.nn.functional.mse_loss(pred, e)
             loss = den + sparsity * sparsity_term(alphas, emb, k)
             opt.zero_grad(set_to_none=True)
@@ -733,58 +708,3 @@ def single_image_decomposition(model, dec: Decomposition, seed: int = 0, start: 
         kept = cands[b]
     return SingleImageDecomposition(int(seed), [(dec.entries[i].label, float(dec.alphas[i])) for i in kept], removed,
                                     trace, ref, image, float(threshold))
-
-
-# --- the toy world's ground truth -------------------------------------------------------------------------
-def toy_expectation(concept: str) -> dict:
-    """What the toy world draws for a concept word: allowed ``colour``/``shape``/``size``/``position``
-    values (sets; an attribute not named is free)."""
-    from .toyworld import world as W
-
-    w = concept.strip().lower()
-    if w in W.COLOURS:
-        return {"colour": {w}}
-    if w == W.SYNONYM[0]:
-        return {"colour": {W.SYNONYM[1]}}
-    if w in W.GROUP_COLOURS:
-        return {"colour": {W.GROUP_COLOURS[w]}}
-    if w in W.SHAPES:
-        return {"shape": {w}}
-    if w in W.SIZES:
-        return {"size": {w}}
-    if w in W.SUBJECT_SHAPES:
-        return {"shape": {W.SUBJECT_SHAPES[w]}, "colour": set(W.GROUP_COLOURS.values())}
-    if w == W.HOMONYM:
-        return {"shape": set(W.HOMONYM_SHAPE.values())}
-    raise ValueError(f"no toy-world expectation for {concept!r}; use a colour, shape, size, 'crimson', 'warm', "
-                     f"'cool', 'bat' or a subject noun ({', '.join(W.SUBJECT_SHAPES)})")
-
-
-def toy_check(concept: str, image: np.ndarray) -> bool:
-    """True when the world's checker reads an object in ``image`` that is what the concept draws
-    (its largest object has every attribute :func:`toy_expectation` names)."""
-    from .toyworld.checker import read_image
-
-    want = toy_expectation(concept)
-    reads = read_image(np.asarray(image), max_objects=1)
-    if not reads:
-        return False
-    r = reads[0]
-    return all(getattr(r, attr) in allowed for attr, allowed in want.items())
-
-
-def toy_rate(concept: str, images) -> float:
-    """Fraction of ``images`` that pass :func:`toy_check`."""
-    return float(np.mean([toy_check(concept, im) for im in images]))
-
-
-def toy_colours(images) -> dict:
-    """Share of images whose largest object the checker reads in each colour (None: no object)."""
-    from .toyworld.checker import read_image
-
-    out: dict = {}
-    for im in images:
-        r = read_image(np.asarray(im), max_objects=1)
-        c = r[0].colour if r else None
-        out[c] = out.get(c, 0) + 1 / len(images)
-    return out

@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from nbhelpers import conceptor as C
-from nbhelpers.toyworld import world
+from nbhelpers.toyworld import concepts, world
+
+# What the lessons pass for the toy model: the world's template and vocabulary (the method knows neither).
+WORLD = dict(template=concepts.TEMPLATE, vocabulary=concepts.vocabulary())
 
 
 # --- closed forms -------------------------------------------------------------------------------------
@@ -77,15 +80,15 @@ def test_toy_expectations_follow_the_world():
     nurse_blue = world.lone_scene("blue", "circle", "small", "left").render()
     not_nurse = world.lone_scene("red", "square").render()
     green_circle = world.lone_scene("green", "circle").render()
-    assert C.toy_check("nurse", nurse_red) and C.toy_check("nurse", nurse_blue)
-    assert not C.toy_check("nurse", not_nurse) and not C.toy_check("nurse", green_circle)
-    assert C.toy_check("crimson", nurse_red) and not C.toy_check("crimson", nurse_blue)
-    assert C.toy_check("pilot", world.lone_scene("blue", "triangle").render())
-    assert C.toy_check("bat", world.lone_scene("green", "square", position="bottom").render())
-    assert not C.toy_check("nurse", np.full((32, 32, 3), world.BACKGROUND, np.uint8))
-    assert C.toy_rate("nurse", [nurse_red, not_nurse]) == 0.5
+    assert concepts.check("nurse", nurse_red) and concepts.check("nurse", nurse_blue)
+    assert not concepts.check("nurse", not_nurse) and not concepts.check("nurse", green_circle)
+    assert concepts.check("crimson", nurse_red) and not concepts.check("crimson", nurse_blue)
+    assert concepts.check("pilot", world.lone_scene("blue", "triangle").render())
+    assert concepts.check("bat", world.lone_scene("green", "square", position="bottom").render())
+    assert not concepts.check("nurse", np.full((32, 32, 3), world.BACKGROUND, np.uint8))
+    assert concepts.rate("nurse", [nurse_red, not_nurse]) == 0.5
     with pytest.raises(ValueError, match="no toy-world expectation"):
-        C.toy_expectation("left")
+        concepts.expectation("left")
 
 
 def _fake_decomposition(n=6, d=4):
@@ -138,7 +141,7 @@ def test_gradients_reach_the_token_through_the_denoiser(which, request):
     tok = torch.randn(m.pipe.text_encoder.config.hidden_size, generator=g).mul(0.3).requires_grad_(True)
     with C.frozen(m):
         cond = C.encode_with_token(m, tok, "a {}")
-        out = C.eps_with_grad(m, z, a, cond.expand(3, -1, -1))
+        out = m.eps(z, a, cond.expand(3, -1, -1), grad=True)  # what decompose trains through
         assert torch.allclose(out, m.eps(z, a, cond.detach()), atol=1e-5)  # the same ε as the adapter's
         out.pow(2).mean().backward()
     assert tok.grad is not None and float(tok.grad.abs().sum()) > 0
@@ -153,10 +156,12 @@ def test_generation_from_a_condition_matches_generate(tiny_model):
 
 
 def test_candidates_exclude_function_words_special_tokens_and_the_concept(tiny_model, toy_model):
-    labels = [e.label for e in C.candidate_entries(toy_model, exclude=["nurse"])]
+    vocab = concepts.vocabulary()
+    labels = [e.label for e in C.candidate_entries(toy_model, vocab, exclude=["nurse"])]
     assert "nurse" not in labels and "a" not in labels and "the" not in labels
     assert {"red", "blue", "circle", "warm", "crimson[crim]", "crimson[son]"} <= set(labels)
-    assert "crimson[crim]" not in [e.label for e in C.candidate_entries(toy_model, multi_token="skip")]
+    assert {e.word for e in C.candidate_entries(toy_model, vocab)} <= set(vocab)  # a given vocabulary bounds them
+    assert "crimson[crim]" not in [e.label for e in C.candidate_entries(toy_model, vocab, multi_token="skip")]
     generic = C.candidate_entries(tiny_model)  # no word list: whole-word tokens of the tokenizer
     tokens = {e.token for e in generic}
     assert "red</w>" in tokens and "<|endoftext|>" not in tokens and "a</w>" not in tokens
@@ -164,14 +169,16 @@ def test_candidates_exclude_function_words_special_tokens_and_the_concept(tiny_m
 
 
 def test_bad_input_raises_clear_errors(toy_model, tiny_model):
-    with pytest.raises(ValueError, match="no word 'unicorn'"):
-        C.decompose(toy_model, "unicorn", steps=1, n_train=1, n_val=1)
+    with pytest.raises(ValueError, match="no word 'unicorn'; its words are: a, the, .*nurse"):
+        C.decompose(toy_model, "unicorn", steps=1, n_train=1, n_val=1, **WORLD)
+    with pytest.raises(ValueError, match="no word 'unicorn'"):  # any model, any given vocabulary
+        C.decompose(tiny_model, "red unicorn", steps=1, n_train=1, n_val=1, vocabulary=["red", "circle"])
     with pytest.raises(ValueError, match="exactly one"):
-        C.decompose(toy_model, "nurse", template="a nurse", steps=1)
+        C.decompose(toy_model, "nurse", template="a nurse", steps=1, vocabulary=WORLD["vocabulary"])
     with pytest.raises(ValueError, match="k must be"):
-        C.decompose(toy_model, "nurse", k=0)
+        C.decompose(toy_model, "nurse", k=0, **WORLD)
     with pytest.raises(ValueError, match="empty"):
-        C.decompose(toy_model, "  ")
+        C.decompose(toy_model, "  ", **WORLD)
     blank = np.zeros((2, 32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match=r"k=500 is larger than the dictionary"):
         C.decompose(tiny_model, "circle", k=500, steps=1, n_train=2, n_val=2, images=blank, val_images=blank,
@@ -211,7 +218,7 @@ BLUE_SIDE = ("blue", "cool")
 
 @pytest.fixture(scope="module")
 def nurse(toy_model):
-    return C.decompose(toy_model, "nurse", **TOY)
+    return C.decompose(toy_model, "nurse", **TOY, **WORLD)
 
 
 def _side(dec, labels, k=5):
@@ -236,7 +243,7 @@ def test_the_homonym_decomposes_into_both_of_its_shapes(toy_model):
     or blue."""
     from nbhelpers.toyworld import world
 
-    bat = C.decompose(toy_model, "bat", exclude=list(world.SUBJECT_SHAPES), **TOY)
+    bat = C.decompose(toy_model, "bat", exclude=list(world.SUBJECT_SHAPES), **TOY, **WORLD)
     print(bat.table(10))
     top5 = dict(bat.top(5))
     assert "square" in top5 and {"triangle[tri]", "triangle[angle]"} & set(top5), top5
@@ -247,15 +254,37 @@ def test_reconstruction_from_the_top_k_mix_passes_the_checker(nurse, toy_model):
     of the prompt's own images, on the same seeds."""
     seeds = list(range(500, 524))
     mixed = C.mix_images(toy_model, nurse, seeds, top_k=5)
-    orig = C.concept_images(toy_model, "nurse", seeds, steps=TOY["gen_steps"])
-    r_mix, r_orig = C.toy_rate("nurse", mixed), C.toy_rate("nurse", orig)
-    print("checker rate: mix", r_mix, "prompt", r_orig, "colours", C.toy_colours(mixed), C.toy_colours(orig))
+    orig = C.concept_images(toy_model, "nurse", seeds, concepts.TEMPLATE, steps=TOY["gen_steps"])
+    r_mix, r_orig = concepts.rate("nurse", mixed), concepts.rate("nurse", orig)
+    print("checker rate: mix", r_mix, "prompt", r_orig, "colours", concepts.colours(mixed), concepts.colours(orig))
     assert r_orig > 0.5
     assert r_mix >= 0.8 * r_orig
 
 
 def test_same_seeds_give_the_same_decomposition_on_the_toy_model(toy_model):
     kw = dict(TOY, steps=20, eval_every=10, n_train=4, n_val=2)
-    once, twice = C.decompose(toy_model, "nurse", **kw), C.decompose(toy_model, "nurse", **kw)
+    once, twice = C.decompose(toy_model, "nurse", **kw, **WORLD), C.decompose(toy_model, "nurse", **kw, **WORLD)
     assert np.array_equal(once.alphas, twice.alphas) and once.top() == twice.top()
     assert np.array_equal(once.pseudo_token, twice.pseudo_token)
+
+
+# --- the methods are clients of nothing in the toy world -------------------------------------------------
+@pytest.mark.parametrize("module", ["conceptor", "conceptor_views", "timesteps", "widgets"])
+def test_methods_do_not_know_the_toy_world(module):
+    """The world's vocabulary, template, readers and describers are passed in as arguments: these modules
+    import nothing from nbhelpers.toyworld and never test for the toy model by name."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import nbhelpers
+
+    src = (Path(nbhelpers.__file__).parent / f"{module}.py").read_text()
+    tree = ast.parse(src)
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.module for a in n.names]
+    assert not [m for m in imported if "toyworld" in m], (module, imported)
+    assert "toyworld" not in src, module  # not even named: the lessons and tests pass the world's objects in
+    assert not re.search(r"""name["')\s]*\s*(==|!=)\s*["']toy""", src), module
+    assert not [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value == "toy"], module
