@@ -168,25 +168,15 @@ def capture_cross_attention(unet, store: AttentionStore, count_calls: bool = Fal
     ``layers``, e.g. "up_blocks") adds its maps to ``store``; the other layers keep their processors
     (SDPA by default). ``count_calls=True`` advances ``store.step`` with each UNet call (one call per
     denoising step in a pipeline) and picks the conditional rows (see :class:`AttentionStore`).
-    The original processors are restored on exit, also after an error."""
-    originals = dict(unet.attn_processors)
-    chosen = {n for n in originals if ".attn2." in n and (layers is None or layers in n)}
-    if not chosen:
-        raise ValueError(f"no cross-attention layer matches layers={layers!r}; names look like "
-                         f"{next((n for n in originals if '.attn2.' in n), 'none')!r}")
-    wrapped = {name: (_CaptureProcessor(p, store, name) if name in chosen else p) for name, p in originals.items()}
-    unet.set_attn_processor(wrapped)
-    hook = None
-    if count_calls:
-        hook = unet.register_forward_pre_hook(lambda mod, args, kwargs: store.begin_call(
-            (args[0] if args else kwargs["sample"]).shape[0]), with_kwargs=True)
-    try:
-        yield store
-    finally:
-        unet.set_attn_processor(originals)
-        if hook is not None:
-            hook.remove()
+    Through :mod:`nbhelpers.hooks`: the original processors are restored on exit, also after an error."""
+    from .hooks import attention_processors, cross_attention_layers, module_hooks
 
+    names = cross_attention_layers(unet, layers)
+    pre = (lambda mod, args, kwargs: store.begin_call((args[0] if args else kwargs["sample"]).shape[0])) \
+        if count_calls else None
+    with attention_processors(unet, lambda name, p: _CaptureProcessor(p, store, name), names), \
+            module_hooks(unet, forward_pre=pre, with_kwargs=True):
+        yield store
 
 @torch.no_grad()
 def word_attention_maps(model, image, prompt: str, words: list[str] | None = None, n: int = 8, seed: int = 0,
@@ -212,36 +202,56 @@ def word_attention_maps(model, image, prompt: str, words: list[str] | None = Non
     return {w: tok[tp.token_indices(w)].mean(0).numpy() for w in words}
 
 
+class _RecordingProcessor:
+    """Diffusers' plain attention (``AttnProcessor``'s computation: ``attn.get_attention_scores``, then
+    the weighted sum of values) that appends each call's attention probabilities, inside the autograd
+    graph, to ``recorded``."""
+
+    def __init__(self, recorded: list):
+        self.recorded = recorded
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (hidden_states if encoder_hidden_states is None else encoder_hidden_states).shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = attn.get_attention_scores(attn.head_to_batch_dim(query), key, attention_mask)
+        self.recorded.append(probs)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
 @contextlib.contextmanager
 def attention_probs_with_grad(unet, layers: str | None = None):
     """Within the block, the cross-attention layers of ``unet`` (those whose name contains
-    ``layers``, all by default) run diffusers' plain ``AttnProcessor`` and record their attention
-    probabilities **inside the autograd graph**, for gradient-weighted relevance. Yields
-    {layer name: [probs (B·heads, N, L), one per UNet call]}. Other layers keep their processors;
-    everything is restored on exit, also after an error."""
-    from diffusers.models.attention_processor import AttnProcessor
+    ``layers``, all by default) compute plain attention (diffusers' ``AttnProcessor`` math) and record
+    their attention probabilities **inside the autograd graph**, for gradient-weighted relevance.
+    Yields {layer name: [probs (B·heads, N, L), one per UNet call]}. Other layers keep their
+    processors; everything is restored on exit, also after an error (through :mod:`nbhelpers.hooks`)."""
+    from .hooks import attention_processors, cross_attention_layers
 
-    originals = dict(unet.attn_processors)
-    chosen = [n for n in originals if ".attn2." in n and (layers is None or layers in n)]
-    if not chosen:
-        raise ValueError(f"no cross-attention layer matches layers={layers!r}")
-    modules = dict(unet.named_modules())
-    recorded: dict[str, list[torch.Tensor]] = {n.removesuffix(".processor"): [] for n in chosen}
-    patched = []
-    for name in recorded:
-        mod = modules[name]
-
-        def scores(query, key, attention_mask=None, _mod=mod, _name=name):
-            probs = type(_mod).get_attention_scores(_mod, query, key, attention_mask)
-            recorded[_name].append(probs)
-            return probs
-
-        mod.get_attention_scores = scores
-        patched.append(mod)
-    unet.set_attn_processor({n: (AttnProcessor() if n in chosen else p) for n, p in originals.items()})
-    try:
+    names = cross_attention_layers(unet, layers)
+    recorded: dict[str, list[torch.Tensor]] = {n.removesuffix(".processor"): [] for n in names}
+    with attention_processors(unet, lambda name, p: _RecordingProcessor(recorded[name.removesuffix(".processor")]),
+                              names):
         yield recorded
-    finally:
-        unet.set_attn_processor(originals)
-        for mod in patched:
-            del mod.get_attention_scores

@@ -451,39 +451,47 @@ class DiffusionModel:
 
 
 class _TrajectoryRecorder:
-    """Records each denoising step during ``pipe.__call__``: wraps ``scheduler.step`` for the
-    (guided) model output and restores it on exit, also on error."""
+    """Records each denoising step during ``pipe.__call__`` through the hook layer: a forward hook on
+    the UNet keeps each call's input latents and output, and the pipeline's ``callback_on_step_end``
+    combines them as the pipeline did (classifier-free guidance: the unconditional half first, then
+    ``uncond + guidance·(cond − uncond)``). Nothing of the pipeline is replaced; the hook is removed on
+    exit, also on error."""
 
     def __init__(self, model: DiffusionModel):
         self.model = model
         self.steps: list[TrajectoryStep] = []
         self._pending = None
+        self._hooks = None
 
     def __enter__(self):
+        from .hooks import module_hooks
+
         sched = self.model.pipe.scheduler
         if getattr(sched, "init_noise_sigma", 1.0) != 1.0:
             raise UnsupportedModelError(f"trajectory recording needs a variance-preserving scheduler; "
                                         f"{type(sched).__name__} is not one. Use DDIM or DPM-Solver.")
-        self._orig = sched.step
-        self._had_own = "step" in vars(sched)
 
-        def step(model_output, timestep, sample, *args, **kwargs):
-            self._pending = (float(timestep), sample.detach().float().cpu(), model_output.detach().float().cpu())
-            return self._orig(model_output, timestep, sample, *args, **kwargs)
+        def keep(module, args, kwargs, output):
+            sample = args[0] if args else kwargs["sample"]
+            timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+            out = output[0] if isinstance(output, tuple) else output.sample
+            self._pending = (float(torch.as_tensor(timestep).reshape(-1)[0]), sample.detach().float().cpu(),
+                             out.detach().float().cpu())
 
-        sched.step = step
+        self._hooks = module_hooks(self.model.pipe.unet, forward=keep, with_kwargs=True)
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc):
-        sched = self.model.pipe.scheduler
-        if self._had_own:
-            sched.step = self._orig
-        else:
-            del sched.step
+        self._hooks.__exit__(*exc)
         return False
 
     def on_step_end(self, pipe, i, t, callback_kwargs):
         timestep, sample, out = self._pending
+        if pipe.do_classifier_free_guidance:  # the pipeline's own combination of the two halves
+            sample = sample.chunk(2)[0]
+            uncond, cond = out.chunk(2)
+            out = uncond + pipe.guidance_scale * (cond - uncond)
         m = self.model
         a = float(m.logsnr_of(timestep))
         if m.prediction_type == "v_prediction":

@@ -22,3 +22,19 @@ def test_method_modules_know_no_world(path):
                                                  for c in [node.left, *node.comparators]):
             raise AssertionError(f"{path.name}:{node.lineno} branches on the toy model by name")
     assert "toyworld" not in path.read_text(), f"{path.name} names the toy world's package"
+
+
+LIBRARY_METHODS = {"forward", "step", "get_attention_scores", "__call__", "set_timesteps", "scale_model_input",
+                   "encode", "decode", "prepare_attention_mask", "set_attn_processor"}
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_monkey_patching(path):
+    """One hook mechanism (nbhelpers.hooks: torch hooks, attention processors, step callbacks): no code
+    assigns to (or deletes) a library object's method."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [getattr(node, "target", None)]
+        for t in targets:
+            if isinstance(t, ast.Attribute) and t.attr in LIBRARY_METHODS:
+                owner = t.value.id if isinstance(t.value, ast.Name) else None
+                assert owner in ("self", "cls"), f"{path.name}:{node.lineno} assigns {ast.unparse(t)}"
