@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from .cache import cached
+from .hooks import module_hooks
 from .immse import add_noise
 from .metrics import pearson
 
@@ -415,11 +416,8 @@ def encode_with_token(model, token: torch.Tensor, template: str | None = None) -
         out[:, pos, :] = token.to(out.device, out.dtype)
         return out
 
-    h = emb_layer.register_forward_hook(hook)
-    try:
+    with module_hooks(emb_layer, forward=hook):  # the pseudo-token, through the hook layer
         return model.pipe.text_encoder(ids)[0]
-    finally:
-        h.remove()
 
 
 # --- the result ------------------------------------------------------------------------------------------

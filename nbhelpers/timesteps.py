@@ -36,6 +36,7 @@ Steps are indexed 0 … S−1 from pure noise to the last step; every result car
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 
 from .attention import AttentionStore, attention_probs_with_grad, capture_cross_attention
 from .errors import WordNotInPromptError
+from .hooks import module_hooks
 from .metrics import ssim
 from .cache import cached
 
@@ -326,18 +328,16 @@ def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None 
             raise ValueError(f"unknown UNet block {b!r}; choose one of {names}")
     modules = dict(model.pipe.unet.named_modules())
     acts: dict[str, torch.Tensor] = {}
-    handles = [modules[b].register_forward_hook(
-        lambda m, i, o, b=b: acts.__setitem__(b, o[0] if isinstance(o, tuple) else o)) for b in blocks]
-    try:
+    with contextlib.ExitStack() as stack:  # the blocks' activations, through the hook layer
+        for b in blocks:
+            stack.enter_context(module_hooks(modules[b], forward=lambda m, i, o, b=b: acts.__setitem__(
+                b, o[0] if isinstance(o, tuple) else o)))
         z = tr.latent(step)
         a = float(tr.logsnrs[step])
         e = model.eps(z, a, model.condition(tr.prompt), grad=True)
         x0 = model.pred_x0(z, a, e)
         score = _similarity_rows(x0, tr.generation.latents[:1].to(x0)).sum()
         grads = torch.autograd.grad(score, [acts[b] for b in blocks])
-    finally:
-        for h in handles:
-            h.remove()
     cams = []
     for b, grad in zip(blocks, grads):
         act = acts[b].detach()
