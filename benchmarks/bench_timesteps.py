@@ -2,7 +2,7 @@
 
     python benchmarks/bench_timesteps.py [--model toy] [--masks 128]
 
-1. DF-RISE: all masked passes in one batched UNet call (``timesteps.rise_saliency``) vs one UNet call
+1. DF-RISE: all masked passes in one batched UNet call (``saliency.rise_saliency``) vs one UNet call
    per mask (the published loop), same masks: wall-time ratio and the largest map difference.
 2. Tracing: generation with per-step attention capture (``timesteps.trace``) vs plain generation:
    the capture's overhead ratio.
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["NBHELPERS_CACHE"] = "0"  # time the computation, not the result cache
 
-from nbhelpers import load_model, timesteps  # noqa: E402
+from nbhelpers import load_model, saliency, timesteps  # noqa: E402
 
 
 def main(argv=None):
@@ -34,10 +34,10 @@ def main(argv=None):
     tr = timesteps.trace(m, prompt, seed=0, steps=20)
     step = 15
     t0 = time.perf_counter()
-    batched = timesteps.rise_saliency(m, tr, step, n_masks=a.masks, seed=0, max_batch=a.masks)
+    batched = saliency.rise_saliency(m, tr, step, n_masks=a.masks, seed=0, max_batch=a.masks)
     t_batched = time.perf_counter() - t0
     t0 = time.perf_counter()
-    looped = timesteps.rise_saliency(m, tr, step, n_masks=a.masks, seed=0, max_batch=1)
+    looped = saliency.rise_saliency(m, tr, step, n_masks=a.masks, seed=0, max_batch=1)
     t_looped = time.perf_counter() - t0
     diff = float(abs(batched.map - looped.map).max())
     print(f"DF-RISE, {a.masks} masks on {a.model!r}: one batch {t_batched:.2f} s vs one call per mask {t_looped:.2f} s "

@@ -1,9 +1,10 @@
-"""Timestep visualisation: per-step attention capture, relevance, saliency, faithfulness, emergence."""
+"""Timestep visualisation: per-step attention capture, relevance, stage analysis, emergence; saliency and
+faithfulness (nbhelpers.saliency)."""
 import numpy as np
 import pytest
 import torch
 
-from nbhelpers import attention, timesteps
+from nbhelpers import attention, saliency, timesteps
 from nbhelpers.attention import AttentionBudgetError, AttentionStore, capture_cross_attention
 from nbhelpers.metrics import ssim
 
@@ -121,28 +122,28 @@ def test_relevance_influence_is_the_noise_estimate_change(tiny_model):
 def test_saliency_and_faithfulness_invariants(tiny_model):
     m = tiny_model
     tr = timesteps.trace(m, "a red circle", seed=0, steps=4, guidance=3.0)
-    sal = timesteps.rise_saliency(m, tr, 2, n_masks=32, seed=0)
+    sal = saliency.rise_saliency(m, tr, 2, n_masks=32, seed=0)
     assert sal.map.shape == m.latent_shape[-2:] and np.isfinite(sal.map).all()
-    again = timesteps.rise_saliency(m, tr, 2, n_masks=32, seed=0)
+    again = saliency.rise_saliency(m, tr, 2, n_masks=32, seed=0)
     np.testing.assert_array_equal(sal.map, again.map)  # seeded
-    cam = timesteps.gradcam_saliency(m, tr, 2)
+    cam = saliency.gradcam_saliency(m, tr, 2)
     assert cam.map.shape == m.latent_shape[-2:] and (cam.map >= 0).all()
-    f = timesteps.faithfulness(m, tr, sal, n_points=5, n_random=2)
+    f = saliency.faithfulness(m, tr, sal, n_points=5, n_random=2)
     # nothing deleted / everything inserted: the unperturbed prediction itself
     assert f.deletion[0] == pytest.approx(1.0) and f.insertion[-1] == pytest.approx(1.0)
     assert f.random_deletion[:, 0] == pytest.approx(1.0)
     assert 0 < f.deletion_auc <= 1 and 0 < f.insertion_auc <= 1
     with pytest.raises(ValueError, match="outside"):
-        timesteps.rise_saliency(m, tr, 9)
+        saliency.rise_saliency(m, tr, 9)
     with pytest.raises(ValueError, match="unknown UNet block"):
-        timesteps.gradcam_saliency(m, tr, 1, block="up_blocks.99")
-    both = timesteps.gradcam_saliency(m, tr, 2, block=["mid_block", "up_blocks.1"])
+        saliency.gradcam_saliency(m, tr, 1, block="up_blocks.99")
+    both = saliency.gradcam_saliency(m, tr, 2, block=["mid_block", "up_blocks.1"])
     assert both.map.shape == cam.map.shape and both.map.max() <= 1 + 1e-6
-    classic = timesteps.gradcam_saliency(m, tr, 2, weighting="gradcam")
+    classic = saliency.gradcam_saliency(m, tr, 2, weighting="gradcam")
     assert classic.params["weighting"] == "gradcam" and (classic.map >= 0).all()
     assert not np.allclose(classic.map, cam.map)
     with pytest.raises(ValueError, match="weighting"):
-        timesteps.gradcam_saliency(m, tr, 2, weighting="cam++")
+        saliency.gradcam_saliency(m, tr, 2, weighting="cam++")
     with pytest.raises(nbh_word_error()):
         timesteps.trace(m, "a red circle", words=["purple"], steps=2)
 
@@ -154,12 +155,56 @@ def test_similarity_ignores_a_flat_offset_and_sees_structure():
     ref = torch.randn(1, 4, 8, 8, generator=g)
     shifted = ref + torch.tensor([3.0, -2.0, 5.0, 1.0]).view(1, 4, 1, 1)
     other = torch.randn(1, 4, 8, 8, generator=g)
-    s = timesteps._similarity_rows(torch.cat([ref, shifted, other, -ref]), ref)
+    s = saliency._similarity_rows(torch.cat([ref, shifted, other, -ref]), ref)
     np.testing.assert_allclose(s[:2].numpy(), [1.0, 1.0], atol=1e-5)
     assert abs(float(s[2])) < 0.4 and float(s[3]) == pytest.approx(-1.0, abs=1e-5)
     # the raw cosine, by contrast, is moved by the offset
     raw = torch.nn.functional.cosine_similarity(shifted.flatten(1), ref.flatten(1))
     assert float(raw) < 0.9
+
+
+def _relevance(influence, words=("a", "red", "circle"), steps=(0, 2, 5)):
+    influence = np.asarray(influence, float)
+    return timesteps.StepRelevance(list(words), list(steps), np.zeros(len(steps)), influence.copy(),
+                                   np.zeros((*influence.shape, 2, 2)), influence)
+
+
+def test_shares_and_dominant_on_a_subset_of_words():
+    rel = _relevance([[1, 1, 2], [2, 6, 2], [0, 3, 1]])
+    np.testing.assert_allclose(rel.shares("influence"), [[.25, .25, .5], [.2, .6, .2], [0, .75, .25]])
+    # among the content words only: renormalised so that they share the step
+    np.testing.assert_allclose(rel.shares("influence", ["red", "circle"]), [[1 / 3, 2 / 3], [.75, .25], [.75, .25]])
+    np.testing.assert_allclose(rel.shares("influence", ["red", "circle"]).sum(1), 1.0)
+    assert rel.dominant("influence") == ["circle", "red", "red"]
+    assert rel.dominant("influence", ["a", "circle"]) == ["circle", "a", "circle"]
+    assert rel.rows([5, 0]) == [2, 0]
+    with pytest.raises(ValueError, match="not analysed"):
+        rel.rows([1])
+    with pytest.raises(nbh_word_error()):
+        rel.shares("influence", ["blue"])
+
+
+def test_stage_shares_average_the_shares_over_each_stage():
+    rel = _relevance([[1, 1, 2], [2, 6, 2], [0, 3, 1]])
+    out = timesteps.stage_shares(rel, {"early": [0, 2], "late": [5]}, ["red", "circle"])
+    assert out == {"early": {"red": pytest.approx(0.425), "circle": pytest.approx(0.35)},
+                   "late": {"red": pytest.approx(0.75), "circle": pytest.approx(0.25)}}
+    everyone = timesteps.stage_shares(rel, {"all": [0, 2, 5]})
+    assert sum(everyone["all"].values()) == pytest.approx(1.0)  # all words: a stage's shares sum to 1
+    assert list(everyone["all"]) == ["a", "red", "circle"]
+
+
+def test_prediction_change_known_answers():
+    imgs = np.zeros((4, 2, 2, 3), np.uint8)
+    imgs[1] = 10
+    imgs[2] = 10
+    imgs[3, 0] = 255  # last step: one row jumps from 10 to 255, the other drops from 10 to 0
+    assert timesteps.prediction_change(imgs, [0]) == pytest.approx(10.0)  # uint8: no wrap-around
+    assert timesteps.prediction_change(imgs, [1]) == pytest.approx(0.0)
+    assert timesteps.prediction_change(imgs, [2]) == pytest.approx((245 + 10) / 2)
+    assert timesteps.prediction_change(imgs, [0, 1, 3]) == pytest.approx(5.0)  # the last step has no successor
+    with pytest.raises(ValueError, match="no next step|has a next step"):
+        timesteps.prediction_change(imgs, [3])
 
 
 def nbh_word_error():

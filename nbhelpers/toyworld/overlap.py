@@ -1,4 +1,5 @@
-"""Does each timestep method point at the object? A toy-world study built on :mod:`nbhelpers.timesteps`.
+"""Does each timestep method point at the object? A toy-world study built on :mod:`nbhelpers.timesteps`
+and :mod:`nbhelpers.saliency`.
 
 :func:`world_overlap_study` generates one-object world prompts, traces each generation and scores the colour
 and noun words' cross-attention, DF-RISE and DF-CAM saliency against the object's mask that the world's
@@ -15,7 +16,8 @@ from tqdm.auto import tqdm
 
 from ..cache import cached
 from ..metrics import auroc, bootstrap_ci, upsample
-from ..timesteps import faithfulness, gradcam_saliency, rise_saliency, trace
+from ..saliency import faithfulness, gradcam_saliency, rise_saliency
+from ..timesteps import trace
 from . import world
 from .checker import read_image
 
