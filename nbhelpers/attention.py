@@ -185,11 +185,10 @@ def word_attention_maps(model, image, prompt: str, words: list[str] | None = Non
     ``n`` noisy versions of the image's latent at log-SNRs drawn like the information estimator's,
     and maps are averaged over layers, heads, noise levels and the word's sub-word tokens."""
     from .immse import LogSNRSampler, add_noise, stratified_uniforms
-    from .info import as_latent
 
     tp = model.tokenize(prompt)
     words = list(dict.fromkeys(w.text for w in tp.words)) if words is None else list(words)
-    x = as_latent(model, image)
+    x = model.latent_of(image)
     sampler = sampler or LogSNRSampler.for_model(model)
     g = torch.Generator().manual_seed(int(seed))
     a, _ = sampler.sample(stratified_uniforms(n, g))

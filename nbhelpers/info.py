@@ -22,14 +22,6 @@ from .immse import FORMS, InfoResult, LogSNRSampler, combined_stderr, informatio
 from .cache import cached
 
 
-def as_latent(model, image) -> torch.Tensor:
-    """(1, C, h, w) scaled latent of an image (anything ``model.encode_image`` takes), or the latent
-    itself when given a tensor of the latent's shape."""
-    if isinstance(image, torch.Tensor) and tuple(image.shape[-3:]) == tuple(model.latent_shape):
-        return image.reshape(-1, *model.latent_shape).float()
-    return model.encode_image(image)
-
-
 @dataclass
 class PromptInformation:
     """``prompt``: i(x; prompt) against the null prompt (None when not asked for); ``words``: word →
@@ -77,7 +69,7 @@ def prompt_information(model, image, prompt: str, words: list[str] | None = None
     if not include_prompt and not words:
         raise ValueError("nothing to estimate: give words, or include_prompt=True for i(x; prompt)")
     reduced = {w: model.remove_word(prompt, w, policy=policy) for w in words}  # raises for a missing word
-    x = as_latent(model, image)
+    x = model.latent_of(image)
     names = (["null"] if include_prompt else []) + ["full"] + [f"-{w}" for w in words]
     texts = ([""] if include_prompt else []) + [prompt] + [reduced[w] for w in words]
     cond_all = model.encode_text(texts)
@@ -135,7 +127,7 @@ def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "
     (measured in lesson 01 and ``tests/test_captions.py``)."""
     if not captions:
         raise ValueError("give at least one caption to score")
-    x = as_latent(model, image)
+    x = model.latent_of(image)
     cond_all = model.encode_text([""] + list(captions))
     conds = {"null": cond_all[:1]}
     conds.update({f"c{i}": cond_all[i + 1 : i + 2] for i in range(len(captions))})
@@ -159,7 +151,7 @@ def caption_margins(model, image, true_caption: str, others: list[str], n: int =
     condition fewer than :func:`caption_scores`). Positive: the true caption explains the image better."""
     if not others:
         raise ValueError("give at least one other caption to compare with")
-    x = as_latent(model, image)
+    x = model.latent_of(image)
     enc = model.encode_text([true_caption] + list(others))
     conds = {"true": enc[:1]}
     conds.update({f"o{i}": enc[i + 1 : i + 2] for i in range(len(others))})

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .info import as_latent, prompt_information
+from .info import prompt_information
 from .metrics import bootstrap_ci, pearson
 from .cache import cached
 
@@ -84,7 +84,7 @@ def intervention_study(model, images, prompts: list[str], words: list[str], n: i
     records, changes, cmis = [], [], []
     for k, (image, prompt, word) in enumerate(tqdm(list(zip(images, prompts, words)), desc="intervention",
                                                    leave=False)):
-        x = as_latent(model, image)
+        x = model.latent_of(image)
         without = model.remove_word(prompt, word, policy=policy)
         z_T = ddim_invert(model, x, prompt, steps)
         full, omitted = ddim_sample(model, z_T, [prompt, without], steps)

@@ -94,6 +94,16 @@ class LocalisationCase:
     targets: tuple
 
 
+def score_maps(maps: dict[str, np.ndarray], mask: np.ndarray) -> tuple[dict, dict]:
+    """IoU curve over THRESHOLDS and AUROC for each method's map (upsampled to the mask's size)."""
+    curves, aucs = {}, {}
+    for m, raw in maps.items():
+        up = minmax(upsample(raw, mask.shape[0])) if raw is not None else np.ones(mask.shape)
+        curves[m] = np.array([iou(up >= t, mask) for t in THRESHOLDS])
+        aucs[m] = auroc(up, mask) if raw is not None else 0.5
+    return curves, aucs
+
+
 @cached("studies")
 def localisation_study(model, images: np.ndarray, cases: list[LocalisationCase], n: int = 32,
                        attention_n: int = 8, seed: int = 0, batch_size: int = 32,
@@ -113,9 +123,10 @@ def localisation_study(model, images: np.ndarray, cases: list[LocalisationCase],
         if not case.targets:
             continue
         words = list(dict.fromkeys(t.word for t in case.targets))
-        info = prompt_information(model, image, case.prompt, words=words, n=n, seed=seed + k,
+        x = model.latent_of(image)  # encoded once for both maps
+        info = prompt_information(model, x, case.prompt, words=words, n=n, seed=seed + k,
                                   batch_size=batch_size, form=form)
-        att = word_attention_maps(model, image, case.prompt, words=words, n=attention_n, seed=seed + k)
+        att = word_attention_maps(model, x, case.prompt, words=words, n=attention_n, seed=seed + k)
         for t in case.targets:
             cmi = info.words[t.word].map
             maps = {"cmi": cmi, "cmi smoothed": gaussian_filter(cmi, smooth, mode="nearest"),

@@ -305,7 +305,6 @@ class DiffusionModel:
         if cond.shape[0] != b:
             raise ValueError(f"cond has batch {cond.shape[0]} but z has batch {b}; give one condition or one per sample")
         t = self.timestep_of(a)
-        alpha2 = torch.sigmoid(a)  # ᾱ at this log-SNR
         outs = []
         step = max_batch or b
         for i in range(0, b, step):
@@ -314,16 +313,24 @@ class DiffusionModel:
             ci = cond[i : i + step].to(self.device, self.dtype)
             with self._autocast():
                 out = self.pipe.unet(zi, ti, encoder_hidden_states=ci).sample.float()
-            if self.prediction_type == "v_prediction":
-                ab = alpha2[i : i + step].to(self.device, torch.float32).view(-1, 1, 1, 1)
-                out = ab.sqrt() * out + (1 - ab).sqrt() * zi.float()
-            outs.append(out)
+            outs.append(self.to_eps(out, zi.float(), a[i : i + step]))
         eps = torch.cat(outs)
         if not torch.isfinite(eps).all():
             raise NonFiniteError(
                 f"the UNet returned NaN/inf in {self.dtype} (log-SNR {float(a.min()):.2f}..{float(a.max()):.2f}); "
                 "reload with dtype=torch.float32 or torch.bfloat16")
         return eps.to(z.device)
+
+    def to_eps(self, output: torch.Tensor, z: torch.Tensor, logsnr) -> torch.Tensor:
+        """The network's output at latents ``z`` (B, C, h, w) and log-SNR ``logsnr`` (float or (B,)) as
+        an ε prediction: itself for ε-prediction; for v-prediction ``sqrt(σ(α))·v + sqrt(σ(−α))·z``
+        (v = sqrt(σ(α))·ε − sqrt(σ(−α))·x). The one conversion every method uses (generation
+        trajectories included)."""
+        if self.prediction_type != "v_prediction":
+            return output
+        ab = torch.sigmoid(torch.as_tensor(logsnr, dtype=torch.float64)).reshape(-1).to(output.device, torch.float32)
+        ab = ab.view(-1, 1, 1, 1)
+        return ab.sqrt() * output + (1 - ab).sqrt() * z
 
     def _autocast(self):
         if self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16):
@@ -379,6 +386,14 @@ class DiffusionModel:
         """Scaled VAE latents (posterior mean × scaling factor), float32 (B, C, h, w)."""
         x = self._image_tensor(image).to(self.device, self.pipe.vae.dtype)
         return (self.pipe.vae.encode(x).latent_dist.mean * self.scaling_factor).float()
+
+    def latent_of(self, image) -> torch.Tensor:
+        """(B, C, h, w) scaled latents of images (anything :meth:`encode_image` takes), or the latents
+        themselves when given a tensor of the latent's shape ((C, h, w) or (B, C, h, w)): the one way
+        every method turns its ``image`` argument into ``x``."""
+        if isinstance(image, torch.Tensor) and tuple(image.shape[-3:]) == tuple(self.latent_shape):
+            return image.reshape(-1, *self.latent_shape).float()
+        return self.encode_image(image)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
@@ -494,8 +509,6 @@ class _TrajectoryRecorder:
             out = uncond + pipe.guidance_scale * (cond - uncond)
         m = self.model
         a = float(m.logsnr_of(timestep))
-        if m.prediction_type == "v_prediction":
-            ab = torch.sigmoid(torch.tensor(a))
-            out = ab.sqrt() * out + (1 - ab).sqrt() * sample
+        out = m.to_eps(out, sample, a)
         self.steps.append(TrajectoryStep(i, timestep, a, sample, out, m.pred_x0(sample, a, out)))
         return callback_kwargs

@@ -133,10 +133,9 @@ def partial_information(model, image, prompt: str, word1: str, word2: str, conte
                         sampler: LogSNRSampler | None = None) -> PIDResult:
     """PID of ``word1`` and ``word2`` about ``image`` (context "rest": conditioned on the rest of the
     prompt, CPID; "none": the two words alone against the empty prompt)."""
-    from .info import as_latent
 
     prompts = pid_prompts(model, prompt, word1, word2, context, policy)
-    x = as_latent(model, image)
+    x = model.latent_of(image)
     names = list(prompts)
     enc = model.encode_text([prompts[k] for k in names])
     conds = {k: enc[i : i + 1] for i, k in enumerate(names)}

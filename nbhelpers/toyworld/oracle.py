@@ -521,6 +521,10 @@ class WorldDenoiser:
         """Scaled VAE latents of images (the toy model's VAE), float32 (B, C, h, w)."""
         return self._toy.encode_image(image)
 
+    def latent_of(self, image) -> torch.Tensor:
+        """Latents of images, or latents given as such (the toy model's :meth:`latent_of`)."""
+        return self._toy.latent_of(image)
+
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """uint8 images (B, H, W, 3) from scaled latents (the toy model's VAE)."""
         return self._toy.decode(latents)
