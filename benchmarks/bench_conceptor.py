@@ -15,6 +15,7 @@ os.environ["NBHELPERS_CACHE"] = "0"  # time the computation, not the result cach
 
 import nbhelpers as nbh  # noqa: E402
 from nbhelpers import conceptor as C  # noqa: E402
+from nbhelpers import conceptor_training as T  # noqa: E402
 from nbhelpers.immse import add_noise  # noqa: E402
 from nbhelpers.toyworld import concepts  # noqa: E402
 
@@ -35,7 +36,7 @@ def main():
     latents = m.encode_image(images)
     dic = C.build_dictionary(m, a.concept, images, latents.cpu(), vocabulary, scorer="text", template=template)
     emb = dic.embeddings.to(m.device)
-    mlp = C.CoefficientMLP(emb.shape[1], 100, emb.mean(0), emb.std(0)).to(m.device)
+    mlp = T.CoefficientMLP(emb.shape[1], 100, emb.mean(0), emb.std(0)).to(m.device)
     opt = torch.optim.AdamW(mlp.parameters(), lr=1e-3, **({"fused": True} if m.device.type == "cuda" else {}))
     g = torch.Generator("cpu").manual_seed(0)
 
@@ -45,14 +46,14 @@ def main():
         t = torch.randint(0, 1000, (a.batch,), generator=g).double()
         al = m.logsnr_of(t)
         e = torch.randn(x.shape, generator=g)
-        z = add_noise(x.cpu(), al, e).to(m.device)  # as decompose does
+        z = add_noise(x.cpu(), al, e).to(m.device)  # as train_mixture does
         e = e.to(m.device)
         if unet_only:
             with torch.no_grad():
-                cond = C.encode_with_token(m, C.pseudo_token(mlp(emb), emb, dic.target_norm), template)
+                cond = T.encode_with_token(m, T.pseudo_token(mlp(emb), emb, dic.target_norm), template)
             cond = cond.detach().requires_grad_(True)
         else:
-            cond = C.encode_with_token(m, C.pseudo_token(mlp(emb), emb, dic.target_norm), template)
+            cond = T.encode_with_token(m, T.pseudo_token(mlp(emb), emb, dic.target_norm), template)
         loss = torch.nn.functional.mse_loss(m.eps(z, al, cond.expand(a.batch, -1, -1), grad=True), e)
         opt.zero_grad()
         loss.backward()
@@ -70,7 +71,7 @@ def main():
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / a.steps
 
-    with C.frozen(m):
+    with T.frozen(m):
         pre = timed(reencode=False)
         re = timed(reencode=True)
         unet = timed(reencode=False, unet_only=True)

@@ -30,6 +30,13 @@ A concept word ("nurse") is explained as a sparse, weighted mixture of vocabular
 5. **Best step.** Every ``eval_every`` steps the pseudo-token generates the validation seeds; the step
    whose images are most similar to the concept's own validation images (same seeds) wins.
 
+The training hyper-parameters (``k``, ``steps``, ``lr``, ``batch_size``, ``sparsity``, ``eval_every``, ``hidden``,
+``standardise``, ``n_train``, ``n_val``, ``seed``, ``gen_steps``, ``guidance``) form a
+:class:`~nbhelpers.conceptor_training.ConceptorConfig`, passed as ``decompose(..., config=)`` or field by
+field as keywords. Steps 3-5 (the coefficient MLP, the pseudo-token, the training loop
+:func:`~nbhelpers.conceptor_training.train_mixture`) live in :mod:`nbhelpers.conceptor_training`; this
+module holds the images, the dictionary, :func:`decompose` and the results.
+
 The result is a :class:`Decomposition` (top-k tokens and weights, the α history, the pseudo-token) that
 saves and loads losslessly (JSON). :func:`single_image_decomposition` prunes the mixture greedily to the
 few tokens that keep one seed's image, and :func:`manipulate` rescales one token's weight and regenerates
@@ -44,24 +51,20 @@ threshold 0.93 refers to it).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from .cache import cached
-from .hooks import module_hooks
+from .conceptor_training import (DEFAULT_TEMPLATE, ConceptorConfig, check_template, encode_with_token,  # noqa: F401
+                                 pseudo_token, train_mixture)
 from .immse import add_noise
 from .metrics import pearson
 
-PLACEHOLDER = "_"  # a one-token stand-in for the pseudo-token in the template (replaced in the embeddings)
-DEFAULT_TEMPLATE = "a photo of a {}"  # the paper's; a model whose captions read otherwise passes template=
 # Function words never used as dictionary entries (common English ones).
 STOP_WORDS = frozenset("""a an the on at in of and or to with by for from as is are was be it its this that
 these those there their his her he she they we you i my your our not no but if then so than into onto over
@@ -70,14 +73,6 @@ VAL_SEED_OFFSET = 100_000  # validation seeds are seed + VAL_SEED_OFFSET + j
 
 
 # --- small helpers ---------------------------------------------------------------------------------
-def _check_template(template: str | None) -> str:
-    template = template or DEFAULT_TEMPLATE
-    if not isinstance(template, str) or template.count("{}") != 1:
-        raise ValueError(f"template must contain exactly one '{{}}' where the concept goes, e.g. 'a photo of a {{}}'; "
-                         f"got {template!r}")
-    return template
-
-
 def _check_concept(model, concept: str, template: str, vocabulary: Sequence[str] | None = None) -> str:
     """Refuse a concept that is not a string, is empty, has a word outside ``vocabulary`` (when given;
     else one the tokenizer cannot spell) or makes the prompt too long."""
@@ -104,24 +99,6 @@ def _check_concept(model, concept: str, template: str, vocabulary: Sequence[str]
     return concept
 
 
-def _param_flags(modules) -> list:
-    return [(p, p.requires_grad) for m in modules for p in m.parameters()]
-
-
-@contextlib.contextmanager
-def frozen(model):
-    """Freeze the model's UNet, text encoder and VAE while coefficients are learned (restored after)."""
-    pipe = model.pipe
-    flags = _param_flags([pipe.unet, pipe.text_encoder, pipe.vae])
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
 def _seed_list(seeds) -> list[int]:
     return [int(s) for s in (seeds if isinstance(seeds, (list, tuple, range, np.ndarray)) else [seeds])]
 
@@ -130,7 +107,7 @@ def _seed_list(seeds) -> list[int]:
 def concept_images(model, concept: str, seeds, template: str | None = None, steps: int = 25, guidance: float = 3.0,
                    batch_size: int = 16) -> np.ndarray:
     """uint8 images (N, H, W, 3) of ``template.format(concept)``, one per seed (``model.generate``)."""
-    template = _check_template(template)
+    template = check_template(template)
     prompt = template.format(concept)
     seeds = _seed_list(seeds)
     out = []
@@ -324,7 +301,7 @@ def build_dictionary(model, concept: str, images=None, latents=None, vocabulary:
     ``scorer(model, words, template, concept, images, latents, seed=...)`` returning one score per word
     (higher: a better candidate). ``vocabulary``: the candidate words (see :func:`candidate_entries`).
     ``target_norm`` is the mean norm of all candidates' input embeddings."""
-    template = _check_template(template)
+    template = check_template(template)
     excl = list(exclude) + (concept.lower().split() if exclude_concept else [])
     entries = candidate_entries(model, vocabulary, excl, multi_token)
     if not entries:
@@ -342,82 +319,6 @@ def build_dictionary(model, concept: str, images=None, latents=None, vocabulary:
     order = np.argsort(-scores, kind="stable")[: int(size)]
     return Dictionary([entries[i] for i in order], all_emb[order].clone(), scores[order], target_norm,
                       getattr(sc, "name", type(sc).__name__))
-
-
-# --- the pseudo-token ------------------------------------------------------------------------------------
-class CoefficientMLP(nn.Module):
-    """d → hidden → 1, ReLU, absolute value: one non-negative coefficient per dictionary embedding.
-
-    ``mean``/``std`` (d,), when given, standardise the inputs per dimension first. That is an affine
-    reparametrisation of the first layer (the same family of functions as the paper's MLP) which
-    only conditions the optimisation: token embeddings are small (norm ≈ 0.4) next to the layer's
-    biases, so without it every coefficient starts almost equal and separates slowly."""
-
-    def __init__(self, dim: int, hidden: int = 100, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        self.register_buffer("mean", torch.zeros(dim) if mean is None else mean.detach().clone())
-        self.register_buffer("std", torch.ones(dim) if std is None else std.detach().clone().clamp_min(1e-8))
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.net((embeddings - self.mean) / self.std).squeeze(-1).abs()
-
-
-def mix(alphas: torch.Tensor, embeddings: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
-    """``Σ α_i w_i`` over all entries, or over the ``top_k`` largest coefficients only."""
-    if top_k is not None:
-        idx = torch.topk(alphas.detach(), min(int(top_k), alphas.numel())).indices
-        return alphas[idx] @ embeddings[idx]
-    return alphas @ embeddings
-
-
-def pseudo_token(alphas: torch.Tensor, embeddings: torch.Tensor, target_norm: float,
-                 top_k: int | None = None) -> torch.Tensor:
-    """The mixture renormalised to ``target_norm`` (so its size is a typical token's, whatever the α scale)."""
-    v = mix(alphas, embeddings, top_k)
-    n = v.norm()
-    if float(n.detach()) == 0:
-        raise ValueError("all coefficients are zero; the mixture has no direction (raise a weight)")
-    return v * (float(target_norm) / n)
-
-
-def sparsity_term(alphas: torch.Tensor, embeddings: torch.Tensor, k: int) -> torch.Tensor:
-    """``1 − cos(top-k mix, full mix)``: 0 when the k largest coefficients carry the whole mixture."""
-    full = mix(alphas, embeddings)
-    top = mix(alphas, embeddings, k)
-    return 1 - torch.nn.functional.cosine_similarity(top, full, dim=0)
-
-
-def _placeholder_position(model, template: str) -> tuple[torch.Tensor, int]:
-    tok = model.tokenizer
-    prompt = template.format(PLACEHOLDER)
-    ids = tok(prompt, padding="max_length", max_length=model.max_tokens, truncation=True,
-              return_tensors="pt").input_ids
-    ph = tok(PLACEHOLDER, add_special_tokens=False)["input_ids"]
-    if len(ph) != 1:
-        raise ValueError(f"the tokenizer writes the placeholder {PLACEHOLDER!r} as {len(ph)} tokens")
-    pos = (ids[0] == ph[0]).nonzero().flatten()
-    if len(pos) != 1:
-        raise ValueError(f"the template {template!r} must not contain {PLACEHOLDER!r} itself")
-    return ids, int(pos[0])
-
-
-def encode_with_token(model, token: torch.Tensor, template: str | None = None) -> torch.Tensor:
-    """Text-encoder hidden states (B, L, D) of ``template`` with the placeholder's input embedding
-    replaced by ``token`` (d,) or (B, d); differentiable in ``token``."""
-    template = _check_template(template)
-    ids, pos = _placeholder_position(model, template)
-    token = token if token.ndim == 2 else token[None]
-    ids = ids.expand(token.shape[0], -1).to(model.device)
-    emb_layer = model.pipe.text_encoder.get_input_embeddings()
-
-    def hook(module, inputs, output):
-        out = output.clone()
-        out[:, pos, :] = token.to(out.device, out.dtype)
-        return out
-
-    with module_hooks(emb_layer, forward=hook):  # the pseudo-token, through the hook layer
-        return model.pipe.text_encoder(ids)[0]
 
 
 # --- the result ------------------------------------------------------------------------------------------
@@ -518,115 +419,74 @@ class Decomposition:
 
 
 # --- learning -------------------------------------------------------------------------------------------
-@cached("conceptor")
-def decompose(model, concept: str, k: int = 5, steps: int = 500, n_train: int = 32, n_val: int = 8, seed: int = 0,
-              template: str | None = None, lr: float = 1e-3, batch_size: int = 6, sparsity: float = 1e-3,
-              eval_every: int = 50, gen_steps: int = 25, guidance: float = 3.0,
-              vocabulary: Sequence[str] | None = None,
-              scorer="auto", dictionary_size: int = 5000, exclude_concept: bool = True, exclude: Sequence[str] = (),
-              multi_token: str = "pieces", hidden: int = 100, similarity: Callable = pixel_similarity,
-              images: np.ndarray | None = None, val_images: np.ndarray | None = None,
-              standardise: bool = True, progress: bool = True) -> Decomposition:
+def decompose(model, concept: str, config: ConceptorConfig | None = None, *, template: str | None = None,
+              vocabulary: Sequence[str] | None = None, scorer="auto", dictionary_size: int = 5000,
+              exclude_concept: bool = True, exclude: Sequence[str] = (), multi_token: str = "pieces",
+              similarity: Callable = pixel_similarity, images: np.ndarray | None = None,
+              val_images: np.ndarray | None = None, progress: bool = True, **settings) -> Decomposition:
     """Learn the concept's decomposition (see the module docstring).
 
-    ``k``: tokens kept at the top (and in the sparsity term; the paper uses 50 of 5,000 on SD).
-    ``steps``/``lr``/``batch_size``/``sparsity`` (λ): the optimisation (paper: 500–1,000, 1e-3, 6,
-    1e-3). Training images use seeds ``seed .. seed+n_train-1``, validation ones ``seed+100000+j``;
-    ``images``/``val_images`` pass precomputed ones for those seeds. ``gen_steps``/``guidance``: the
-    sampler for every generated image. ``template``: the prompt, ``{}`` where the concept goes (default
-    :data:`DEFAULT_TEMPLATE`). ``vocabulary``: the words the model knows (default: the tokenizer's
-    whole-word tokens); when given, every word of ``concept`` must be one of them (else a ValueError
-    listing them) and the dictionary's candidates are its words. Same arguments, same result (on CPU)."""
-    from tqdm.auto import tqdm
+    ``config``: the training hyper-parameters (:class:`ConceptorConfig`: ``k``, ``steps``, ``lr``,
+    ``batch_size``, ``sparsity``, ``eval_every``, ``hidden``, ``standardise``, ``n_train``, ``n_val``,
+    ``seed``, ``gen_steps``, ``guidance``; default ``ConceptorConfig()``); any of them may also be given
+    as a keyword (``decompose(m, "nurse", k=5, steps=150)``), which overrides the config's value.
+    Training images use seeds ``seed .. seed+n_train-1``, validation ones ``seed+100000+j``;
+    ``images``/``val_images`` pass precomputed ones for those seeds. ``template``: the prompt, ``{}``
+    where the concept goes (default :data:`DEFAULT_TEMPLATE`). ``vocabulary``: the words the model
+    knows (default: the tokenizer's whole-word tokens); when given, every word of ``concept`` must be
+    one of them (else a ValueError listing them) and the dictionary's candidates are its words.
+    ``scorer``/``dictionary_size``/``exclude_concept``/``exclude``/``multi_token``: the dictionary
+    (:func:`build_dictionary`); ``similarity``: the validation images' measure (best step). Same
+    arguments, same result (on CPU)."""
+    config = (config or ConceptorConfig()).replace(**settings)
+    return _decompose(model, concept, config, template, vocabulary, scorer, dictionary_size, exclude_concept,
+                      tuple(exclude), multi_token, similarity, images, val_images, progress)
 
-    template = _check_template(template)
+
+@cached("conceptor")
+def _decompose(model, concept: str, config: ConceptorConfig, template, vocabulary, scorer, dictionary_size: int,
+               exclude_concept: bool, exclude: tuple, multi_token: str, similarity: Callable, images, val_images,
+               progress: bool) -> Decomposition:
+    c = config
+    template = check_template(template)
     _check_concept(model, concept, template, vocabulary)
-    for name, v, lo in (("k", k, 1), ("steps", steps, 0), ("n_train", n_train, 1), ("n_val", n_val, 1),
-                        ("batch_size", batch_size, 1), ("eval_every", eval_every, 1)):
-        if not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
-    train_seeds = list(range(seed, seed + n_train))
-    val_seeds = [seed + VAL_SEED_OFFSET + j for j in range(n_val)]
+    train_seeds = list(range(c.seed, c.seed + c.n_train))
+    val_seeds = [c.seed + VAL_SEED_OFFSET + j for j in range(c.n_val)]
     if images is None:
-        images = concept_images(model, concept, train_seeds, template, gen_steps, guidance)
+        images = concept_images(model, concept, train_seeds, template, c.gen_steps, c.guidance)
     if val_images is None:
-        val_images = concept_images(model, concept, val_seeds, template, gen_steps, guidance)
-    if len(images) != n_train or len(val_images) != n_val:
-        raise ValueError(f"got {len(images)} training and {len(val_images)} validation images for n_train={n_train}, "
-                         f"n_val={n_val}")
+        val_images = concept_images(model, concept, val_seeds, template, c.gen_steps, c.guidance)
+    if len(images) != c.n_train or len(val_images) != c.n_val:
+        raise ValueError(f"got {len(images)} training and {len(val_images)} validation images for "
+                         f"n_train={c.n_train}, n_val={c.n_val}")
     latents = model.encode_image(images).cpu()  # precomputed once: the VAE never runs in the loop
     dic = build_dictionary(model, concept, images, latents, vocabulary, scorer, dictionary_size, exclude_concept,
-                           exclude, multi_token, template, seed)
+                           exclude, multi_token, template, c.seed)
     n = len(dic.entries)
-    if k > n:
-        raise ValueError(f"k={k} is larger than the dictionary ({n} entries: {', '.join(e.label for e in dic.entries)}); "
-                         f"use k ≤ {n}")
-    dev = model.device
-    emb = dic.embeddings.to(dev)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        mlp = CoefficientMLP(emb.shape[1], hidden, *((emb.mean(0), emb.std(0)) if standardise and n > 1
-                                                     else (None, None))).to(dev)
-    fused = dev.type == "cuda"
-    opt = torch.optim.AdamW(mlp.parameters(), lr=lr, **({"fused": True} if fused else {}))
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and model.dtype == torch.float16)
-    g = torch.Generator("cpu").manual_seed(seed + 1)
-    n_t = model.pipe.scheduler.config.num_train_timesteps
+    if c.k > n:
+        raise ValueError(f"k={c.k} is larger than the dictionary ({n} entries: "
+                         f"{', '.join(e.label for e in dic.entries)}); use k ≤ {n}")
 
-    history_steps, alpha_hist, val_sim, losses = [], [], [], []
-    best = (-math.inf, 0, None)
-
-    def evaluate(step):
-        nonlocal best
+    def validate(token: torch.Tensor) -> float:
+        """Mean similarity of the pseudo-token's validation images to the concept's own (same seeds)."""
         with torch.no_grad():
-            a = mlp(emb).float()
-            cond = encode_with_token(model, pseudo_token(a, emb, dic.target_norm), template)
-        gen = generate_from_condition(model, cond, val_seeds, gen_steps, guidance)
-        s = float(np.mean([similarity(p, q) for p, q in zip(gen, val_images)]))
-        history_steps.append(step)
-        alpha_hist.append(a.cpu().double().numpy())
-        val_sim.append(s)
-        if s > best[0]:
-            best = (s, step, a.cpu().double().numpy())
+            cond = encode_with_token(model, token, template)
+        gen = generate_from_condition(model, cond, val_seeds, c.gen_steps, c.guidance)
+        return float(np.mean([similarity(p, q) for p, q in zip(gen, val_images)]))
 
-    with frozen(model):
-        evaluate(0)
-        bar = tqdm(range(1, steps + 1), desc=f"Conceptor '{concept}'", disable=not progress, leave=False)
-        for step in bar:
-            idx = torch.randint(0, n_train, (batch_size,), generator=g)
-            t = torch.randint(0, n_t, (batch_size,), generator=g).double()
-            a_snr = model.logsnr_of(t)
-            e = torch.randn((batch_size, *latents.shape[1:]), generator=g)
-            z = add_noise(latents[idx], a_snr, e).to(dev)
-            e = e.to(dev)
-            alphas = mlp(emb)
-            tokv = pseudo_token(alphas, emb, dic.target_norm)
-            cond = encode_with_token(model, tokv, template)
-            pred = model.eps(z, a_snr, cond.expand(batch_size, *cond.shape[1:]), grad=True)  # graph kept to the token
-            den = torch.nn.functional.mse_loss(pred, e)
-            loss = den + sparsity * sparsity_term(alphas, emb, k)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(float(den.detach()))
-            if progress:
-                bar.set_postfix(loss=f"{float(den):.4f}", refresh=False)
-            if step % eval_every == 0 or step == steps:
-                evaluate(step)
-        bar.close()
-    _, best_step, best_alphas = best
-    a_t = torch.as_tensor(best_alphas, dtype=torch.float32)
+    run = train_mixture(model, dic.embeddings, dic.target_norm, latents, template, c, validate, progress,
+                        desc=f"Conceptor '{concept}'")
+    a_t = torch.as_tensor(run.best_alphas, dtype=torch.float32)
     tok_best = pseudo_token(a_t, dic.embeddings, dic.target_norm)
-    params = dict(k=k, steps=steps, n_train=n_train, n_val=n_val, seed=seed, lr=lr, batch_size=batch_size,
-                  sparsity=sparsity, eval_every=eval_every, gen_steps=gen_steps, guidance=guidance,
-                  scorer=dic.scorer, dictionary_size=dictionary_size, exclude_concept=exclude_concept,
-                  exclude=list(exclude), multi_token=multi_token, hidden=hidden, standardise=standardise,
-                  similarity=getattr(similarity, "__name__", "custom"), train_seeds=train_seeds, val_seeds=val_seeds,
-                  model=getattr(model, "name", "?"))
-    return Decomposition(concept, template, dic.entries, dic.scores, best_alphas, int(k), dic.target_norm,
-                         tok_best.detach().numpy().astype(np.float32), int(best_step), history_steps,
-                         np.stack(alpha_hist), val_sim, losses, dic.embeddings.double().numpy(), params)
+    params = dict(k=c.k, steps=c.steps, n_train=c.n_train, n_val=c.n_val, seed=c.seed, lr=c.lr,
+                  batch_size=c.batch_size, sparsity=c.sparsity, eval_every=c.eval_every, gen_steps=c.gen_steps,
+                  guidance=c.guidance, scorer=dic.scorer, dictionary_size=dictionary_size,
+                  exclude_concept=exclude_concept, exclude=list(exclude), multi_token=multi_token, hidden=c.hidden,
+                  standardise=c.standardise, similarity=getattr(similarity, "__name__", "custom"),
+                  train_seeds=train_seeds, val_seeds=val_seeds, model=getattr(model, "name", "?"))
+    return Decomposition(concept, template, dic.entries, dic.scores, run.best_alphas, int(c.k), dic.target_norm,
+                         tok_best.detach().numpy().astype(np.float32), run.best_step, run.history_steps,
+                         run.alpha_history, run.val_similarity, run.losses, dic.embeddings.double().numpy(), params)
 
 
 # --- using a decomposition -------------------------------------------------------------------------------

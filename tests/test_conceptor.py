@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nbhelpers import conceptor as C
+from nbhelpers import conceptor_training as T
 from nbhelpers.toyworld import concepts, world
 
 # What the lessons pass for the toy model: the world's template and vocabulary (the method knows neither).
@@ -16,18 +17,18 @@ def test_pseudo_token_is_the_mixture_renormalised():
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(7, 5, generator=g, dtype=torch.float64)
     a = torch.rand(7, generator=g, dtype=torch.float64)
-    tok = C.pseudo_token(a, emb, target_norm=0.37)
+    tok = T.pseudo_token(a, emb, target_norm=0.37)
     direct = (a[:, None] * emb).sum(0)
     assert float(tok.norm()) == pytest.approx(0.37, rel=1e-12)
     assert torch.allclose(tok, direct / direct.norm() * 0.37)
     # the overall scale of α does not matter, only the proportions
-    assert torch.allclose(C.pseudo_token(5 * a, emb, 0.37), tok)
-    top2 = C.pseudo_token(a, emb, 1.0, top_k=2)
+    assert torch.allclose(T.pseudo_token(5 * a, emb, 0.37), tok)
+    top2 = T.pseudo_token(a, emb, 1.0, top_k=2)
     idx = torch.topk(a, 2).indices
     ref = a[idx] @ emb[idx]
     assert torch.allclose(top2, ref / ref.norm())
     with pytest.raises(ValueError, match="zero"):
-        C.pseudo_token(torch.zeros(7, dtype=torch.float64), emb, 1.0)
+        T.pseudo_token(torch.zeros(7, dtype=torch.float64), emb, 1.0)
 
 
 def test_sparsity_term_closed_form_on_orthonormal_tokens():
@@ -36,24 +37,24 @@ def test_sparsity_term_closed_form_on_orthonormal_tokens():
     a = torch.tensor([0.5, 0.1, 0.9, 0.0, 0.3, 0.2], dtype=torch.float64, requires_grad=True)
     k = 2
     expected = 1 - np.sqrt(0.9**2 + 0.5**2) / np.sqrt((a.detach() ** 2).sum().item())
-    term = C.sparsity_term(a, emb, k)
+    term = T.sparsity_term(a, emb, k)
     assert float(term) == pytest.approx(expected, rel=1e-12)
     term.backward()
     # pushing down a coefficient outside the top-k lowers the term: positive gradient there
     assert a.grad[4] > 0 and a.grad[1] > 0
     # zero when the mixture has at most k non-zero coefficients
     sparse = torch.tensor([0.0, 0.0, 0.9, 0.0, 0.3, 0.0], dtype=torch.float64)
-    assert float(C.sparsity_term(sparse, emb, 2)) == pytest.approx(0.0, abs=1e-12)
+    assert float(T.sparsity_term(sparse, emb, 2)) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_coefficients_are_non_negative_and_standardising_is_a_reparametrisation():
     g = torch.Generator().manual_seed(1)
     emb = torch.randn(20, 8, generator=g) * 0.3 + 0.1
-    mlp = C.CoefficientMLP(8, 16, emb.mean(0), emb.std(0))
+    mlp = T.CoefficientMLP(8, 16, emb.mean(0), emb.std(0))
     a = mlp(emb)
     assert a.shape == (20,) and bool((a >= 0).all())
     # the same function as a plain MLP whose first layer absorbs the standardisation
-    plain = C.CoefficientMLP(8, 16)
+    plain = T.CoefficientMLP(8, 16)
     plain.load_state_dict({k: v for k, v in mlp.state_dict().items() if k.startswith("net.")}, strict=False)
     with torch.no_grad():
         plain.net[0].weight.copy_(mlp.net[0].weight / mlp.std)
@@ -97,7 +98,7 @@ def _fake_decomposition(n=6, d=4):
     entries += [C.Entry(30, "tri", "triangle", 0, 2), C.Entry(31, "angle</w>", "triangle", 1, 2)]
     emb = g.normal(size=(n, d))
     alphas = g.random(n)
-    tok = C.pseudo_token(torch.as_tensor(alphas), torch.as_tensor(emb), 0.4).numpy().astype(np.float32)
+    tok = T.pseudo_token(torch.as_tensor(alphas), torch.as_tensor(emb), 0.4).numpy().astype(np.float32)
     return C.Decomposition("thing", "a {}", entries, g.random(n), alphas, 3, 0.4, tok, 20, [0, 10, 20],
                            g.random((3, n)), [0.1, 0.3, 0.5], list(g.random(20)), emb, {"seed": 0})
 
@@ -126,10 +127,10 @@ def test_the_pseudo_token_goes_into_the_input_embeddings(tiny_model):
     """With a word's own input embedding as the pseudo-token, the hidden states equal the prompt's."""
     vocab = tiny_model.tokenizer.get_vocab()
     table = tiny_model.pipe.text_encoder.get_input_embeddings().weight.detach()
-    cond = C.encode_with_token(tiny_model, table[vocab["circle</w>"]], "a big {} on the left")
+    cond = T.encode_with_token(tiny_model, table[vocab["circle</w>"]], "a big {} on the left")
     assert torch.allclose(cond, tiny_model.encode_text("a big circle on the left"), atol=1e-6)
     with pytest.raises(ValueError, match="exactly one"):
-        C.encode_with_token(tiny_model, table[0], "a circle")
+        T.encode_with_token(tiny_model, table[0], "a circle")
 
 
 @pytest.mark.parametrize("which", ["tiny_model", "tiny_v_model"])
@@ -139,8 +140,8 @@ def test_gradients_reach_the_token_through_the_denoiser(which, request):
     z = torch.randn(3, *m.latent_shape, generator=g)
     a = torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64)
     tok = torch.randn(m.pipe.text_encoder.config.hidden_size, generator=g).mul(0.3).requires_grad_(True)
-    with C.frozen(m):
-        cond = C.encode_with_token(m, tok, "a {}")
+    with T.frozen(m):
+        cond = T.encode_with_token(m, tok, "a {}")
         out = m.eps(z, a, cond.expand(3, -1, -1), grad=True)  # what decompose trains through
         assert torch.allclose(out, m.eps(z, a, cond.detach()), atol=1e-5)  # the same ε as the adapter's
         out.pow(2).mean().backward()
@@ -196,6 +197,10 @@ def test_same_seeds_give_the_same_decomposition_on_the_tiny_pipeline(tiny_model)
     assert d1.losses == d2.losses and d1.best_step == d2.best_step
     d3 = C.decompose(tiny_model, "circle", **dict(kw, seed=1))
     assert not np.array_equal(d1.alphas, d3.alphas)
+    # the same settings as a config: the same decomposition
+    cfg = C.ConceptorConfig(**{k: v for k, v in kw.items() if k != "progress"})
+    d4 = C.decompose(tiny_model, "circle", config=cfg, progress=False)
+    assert np.array_equal(d1.alphas, d4.alphas) and d1.losses == d4.losses and d1.params == d4.params
     assert d1.alpha_history.shape == (3, len(d1.entries)) and d1.history_steps == [0, 2, 4]
     assert len(d1.losses) == 4 and d1.best_step in d1.history_steps
     # manipulation and single-image pruning run and keep the seed's noise
@@ -205,6 +210,45 @@ def test_same_seeds_give_the_same_decomposition_on_the_tiny_pipeline(tiny_model)
     assert len(sid.tokens) == 1 and len(sid.removed) == 2  # threshold -1: prune down to min_tokens
     sid = C.single_image_decomposition(tiny_model, d1, seed=7, start=3, threshold=1.01, steps=2)
     assert len(sid.tokens) == 3 and not sid.removed  # threshold above 1: nothing can go
+
+
+def test_config_holds_the_paper_defaults_and_refuses_bad_settings():
+    cfg = C.ConceptorConfig()
+    assert (cfg.k, cfg.steps, cfg.lr, cfg.batch_size, cfg.sparsity, cfg.hidden) == (5, 500, 1e-3, 6, 1e-3, 100)
+    assert (cfg.n_train, cfg.n_val, cfg.seed, cfg.eval_every, cfg.gen_steps, cfg.guidance) == (32, 8, 0, 50, 25, 3.0)
+    quick = cfg.replace(steps=20, lr=5e-3)
+    assert (quick.steps, quick.lr, quick.k) == (20, 5e-3, 5) and cfg.steps == 500  # a copy; the original stays
+    assert cfg.replace() is cfg
+    with pytest.raises(TypeError, match="unknown Conceptor setting 'step'; the settings are: k, steps"):
+        cfg.replace(step=3)
+    with pytest.raises(TypeError, match="unknown Conceptor setting 'learning_rate'"):
+        C.decompose(None, "nurse", learning_rate=1.0)  # refused before anything runs
+    for bad in (dict(k=0), dict(steps=-1), dict(batch_size=2.5), dict(eval_every=0), dict(n_val=0)):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be an integer"):
+            C.ConceptorConfig(**bad)
+
+
+def test_train_mixture_validates_at_the_start_every_eval_every_steps_and_at_the_end(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(4, tiny_model.pipe.text_encoder.config.hidden_size, generator=g) * 0.3
+    latents = torch.randn(3, *tiny_model.latent_shape, generator=g)
+    seen = []
+
+    def validate(token):
+        seen.append(token.clone())
+        assert token.shape == (emb.shape[1],) and float(token.norm()) == pytest.approx(0.5, rel=1e-5)
+        return -len(seen)  # the first checkpoint scores best
+
+    cfg = C.ConceptorConfig(k=2, steps=5, eval_every=2, batch_size=2, lr=1e-2)
+    flags = [p.requires_grad for p in tiny_model.pipe.unet.parameters()]
+    run = T.train_mixture(tiny_model, emb, 0.5, latents, "a {}", cfg, validate, progress=False)
+    assert run.history_steps == [0, 2, 4, 5] and len(seen) == 4 and len(run.losses) == 5
+    assert run.alpha_history.shape == (4, 4) and run.best_step == 0
+    np.testing.assert_array_equal(run.best_alphas, run.alpha_history[0])
+    assert run.val_similarity == [-1.0, -2.0, -3.0, -4.0]
+    assert flags == [p.requires_grad for p in tiny_model.pipe.unet.parameters()]  # frozen only while training
+    again = T.train_mixture(tiny_model, emb, 0.5, latents, "a {}", cfg, lambda t: 0.0, progress=False)
+    assert again.losses == run.losses  # seeded: the same draws and the same steps
 
 
 # --- the toy world's planted mixtures (bundled model; minutes on a CPU) -------------------------------------
@@ -269,7 +313,8 @@ def test_same_seeds_give_the_same_decomposition_on_the_toy_model(toy_model):
 
 
 # --- the methods are clients of nothing in the toy world -------------------------------------------------
-@pytest.mark.parametrize("module", ["conceptor", "conceptor_views", "timesteps", "widgets"])
+@pytest.mark.parametrize("module", ["conceptor", "conceptor_training", "conceptor_views", "saliency", "timesteps",
+                                    "widgets"])
 def test_methods_do_not_know_the_toy_world(module):
     """The world's vocabulary, template, readers and describers are passed in as arguments: these modules
     import nothing from nbhelpers.toyworld and never test for the toy model by name."""
