@@ -10,9 +10,9 @@ and the full caption), the pointwise information that ``c_strong`` adds about ``
   expectation over x, not for one x): ``iᵒ = ½ ∫ E_ε ||ε̂(z|c_weak) - ε̂(z|c_strong)||² dα``.
 
 The integral over α is estimated by importance sampling from a density over log-SNR (stratified; see
-:class:`LogSNRSampler`), with the same (α, ε) for every condition of one estimate (common random numbers) and all conditions of a
-batch in one denoiser call. Pixel maps are the integrand per latent pixel, summed over channels, so a
-map sums to its scalar. Everything is in nats; ``.to("bits")`` converts.
+:class:`LogSNRSampler`), with the same (α, ε) for every condition of one estimate (common random
+numbers) and all conditions of a batch in one denoiser call. Pixel maps are the integrand per latent
+pixel, summed over channels, so a map sums to its scalar. Everything is in nats; ``.to("bits")`` converts.
 """
 from __future__ import annotations
 
@@ -84,10 +84,9 @@ class LogSNRSampler:
 
     def sample(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u = u.double()
-        lo_p, hi_p = (torch.sigmoid(torch.tensor(v, dtype=torch.float64)) for v in (-self.clip, self.clip))
-
         lam = self.uniform_share
         if lam == 0:  # the logistic's closed-form inverse CDF
+            lo_p, hi_p = (torch.sigmoid(torch.tensor(v, dtype=torch.float64)) for v in (-self.clip, self.clip))
             p = lo_p + u * (hi_p - lo_p)
             alpha = self.loc + self.scale * (torch.log(p) - torch.log1p(-p))
         elif lam == 1:
