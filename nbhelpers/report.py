@@ -12,6 +12,11 @@ listing every problem. Each notebook writes its figures and ``metrics.json`` to 
 executed notebook becomes ``<out>/<name>.html``. A failing notebook is reported (cell number, error,
 the failing line) on the index page while the others still run; the exit status is then 1.
 
+The index is rewritten before and after every notebook, so it always says which notebooks ran, which
+one is running and which have not started. Interrupting the run (Ctrl-C) stops it cleanly: the index
+then says which notebooks finished (their HTML is kept), which one was cut off (with the HTML of the
+cells it ran, when there are any) and which never ran, and the exit status is 130.
+
 The YAML file (every key optional)::
 
     out: reports                  # output folder
@@ -31,8 +36,11 @@ import ast
 import html
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +63,20 @@ MAY_BE_ZERO = {"seed", "explain_step"}
 
 class ReportConfigError(ValueError):
     """Bad report configuration or parameters; the message lists every problem."""
+
+
+class NotebookInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a notebook ran (in this process or in its kernel); ``summary`` is the notebook's
+    summary with status "interrupted" (and ``html`` when the cells run until then could be kept)."""
+
+    def __init__(self, summary: dict):
+        super().__init__(f"{summary['name']} interrupted")
+        self.summary = summary
+
+
+# Statuses in summary.json and on the index page.
+OK, FAILED, INTERRUPTED, RUNNING, PENDING, NOT_RUN = "ok", "failed", "interrupted", "running", "pending", "not run"
+INTERRUPT_EXIT = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 # -- notebooks and their parameters ------------------------------------------------------------------
@@ -245,26 +267,65 @@ def run_notebook(path: Path, out_dir: Path, parameters: dict | None = None, time
     params = {"output_dir": str(nb_out_dir)} if "output_dir" in declared else {}
     params.update(parameters or {})
     executed = out_dir / f"{name}.ipynb"
+    executed.unlink(missing_ok=True)  # a previous run's, which an interrupted run must not pass off as its own
     t0 = time.time()
-    summary = {"name": name, "status": "ok", "error": None, "parameters": dict(parameters or {})}
+    summary = {"name": name, "status": OK, "error": None, "parameters": dict(parameters or {})}
     os.environ.setdefault("NBHELPERS_HEADLESS", "1")
     try:
         papermill.execute_notebook(str(path), str(executed), parameters=params, cwd=str(path.parent),
                                    progress_bar=progress, kernel_name="python3", execution_timeout=timeout)
+    except KeyboardInterrupt:  # Ctrl-C here: papermill has saved the cells run so far; the kernel is shut down
+        summary.update(status=INTERRUPTED, error="KeyboardInterrupt", cell=_last_started_cell(executed))
     except Exception as e:  # papermill's PapermillExecutionError names the cell; others (kernel died) too
-        summary["status"] = "failed"
+        summary["status"] = FAILED
         summary.update(_error_summary(e))
+        if getattr(e, "ename", None) == "KeyboardInterrupt":  # the kernel got the Ctrl-C (same process group)
+            summary["status"] = INTERRUPTED
     summary["seconds"] = round(time.time() - t0, 1)
     if executed.exists():
         body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
-        (out_dir / f"{name}.html").write_text(body)
+        _write_atomic(out_dir / f"{name}.html", body)
         summary["html"] = f"{name}.html"
     metrics = nb_out_dir / "metrics.json"
     summary["metrics"] = json.loads(metrics.read_text()) if metrics.exists() and summary["status"] == "ok" else {}
     thumbs = sorted(nb_out_dir.glob("*.png"), key=lambda p: p.stat().st_mtime)
     summary["figures"] = [f"{name}/{p.name}" for p in thumbs]
     summary["thumbnail"] = summary["figures"][0] if thumbs else None
+    if summary["status"] == INTERRUPTED:
+        raise NotebookInterrupted(summary)
     return summary
+
+
+def _last_started_cell(executed: Path) -> int | None:
+    """Execution count of the last cell that started in a partly executed notebook (None if none did)."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:  # not written yet, or cut off while being written
+        return None
+    counts = [c.get("execution_count") for c in nb.cells if c.get("cell_type") == "code"]
+    return max((n for n in counts if n), default=None)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so the file is never seen half written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _sigint_deferred():
+    """Ignore Ctrl-C for the few milliseconds of a final write (main thread only); restore it after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _flatten(d, prefix: str = "") -> dict:
@@ -285,21 +346,40 @@ def _short(v) -> str:
     return s if len(s) < 100 else s[:97] + "..."
 
 
+def _status_html(s: dict) -> tuple[str, str]:
+    """(the card's CSS class, its status line) for one summary."""
+    st = s["status"]
+    if st == OK:
+        return "ok", f"<span class='ok'>ran</span> in {s['seconds']} s"
+    if st == FAILED:
+        where = f"cell {s.get('cell')}" if s.get("cell") is not None else "before any cell"
+        line = (f"<span class='bad'>failed at {where}</span> after {s['seconds']} s: "
+                f"<code>{html.escape(s.get('error') or '')}</code>")
+        if s.get("source"):
+            line += f"<br>failing line: <code>{html.escape(s['source'])}</code>"
+        return "bad", line
+    if st == INTERRUPTED:
+        where = f" at cell {s['cell']}" if s.get("cell") is not None else ""
+        secs = f" after {s['seconds']} s" if s.get("seconds") is not None else ""
+        kept = ("; its page shows the cells run until then" if s.get("html")
+                else "; nothing of it was kept (it was cut off before papermill saved it)")
+        return "bad", f"<span class='bad'>interrupted</span> (Ctrl-C){where}{secs}: cut off, not finished{kept}"
+    if st == RUNNING:
+        return "wait", (f"<span class='wait'>running</span> since {html.escape(str(s.get('started', '?')))} when "
+                        "this page was written (if the report is no longer running, it stopped here)")
+    if st == PENDING:
+        return "wait", "<span class='wait'>not started yet</span> when this page was written"
+    return "skip", "<span class='skip'>never ran</span>: the report was interrupted before it started"
+
+
 def write_index(out_dir: Path, summaries: list[dict], command: str = "nbhelpers report") -> Path:
     """``index.html`` (one card per notebook: status, time, parameters, key metrics, figures) and
-    ``summary.json``."""
+    ``summary.json``. Statuses: "ok", "failed", "interrupted" (cut off by Ctrl-C), "running",
+    "pending" (not started yet), "not run" (the run was interrupted before it)."""
     cards = []
     for s in summaries:
-        ok = s["status"] == "ok"
+        kind, status = _status_html(s)
         title = f'<a href="{s["html"]}">{html.escape(s["name"])}</a>' if s.get("html") else html.escape(s["name"])
-        if ok:
-            status = f"<span class='ok'>ran</span> in {s['seconds']} s"
-        else:
-            where = f"cell {s.get('cell')}" if s.get("cell") is not None else "before any cell"
-            status = (f"<span class='bad'>failed at {where}</span> after {s['seconds']} s: "
-                      f"<code>{html.escape(s.get('error') or '')}</code>")
-            if s.get("source"):
-                status += f"<br>failing line: <code>{html.escape(s['source'])}</code>"
         params = ", ".join(f"{html.escape(k)}={html.escape(_short(v))}" for k, v in s.get("parameters", {}).items())
         flat = _flatten(s.get("metrics") or {})
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_short(v))}</td></tr>"
@@ -307,21 +387,34 @@ def write_index(out_dir: Path, summaries: list[dict], command: str = "nbhelpers 
         more = f"<p><small>{len(flat) - 14} more in {html.escape(s['name'])}/metrics.json</small></p>" if len(flat) > 14 else ""
         figs = "".join(f'<a href="{html.escape(f)}"><img src="{html.escape(f)}" alt="{html.escape(f)}"></a>'
                        for f in s.get("figures", [])[:4])
-        cards.append(f"<section class='{'ok' if ok else 'bad'}'><h2>{title}</h2><p>{status}</p>"
+        cards.append(f"<section class='{kind}'><h2>{title}</h2><p>{status}</p>"
                      f"<p><small>parameters: {params or 'defaults'}</small></p>"
                      f"<div class='figs'>{figs}</div><table>{rows}</table>{more}</section>")
-    n_ok = sum(s["status"] == "ok" for s in summaries)
+    count = {st: [s["name"] for s in summaries if s["status"] == st]
+             for st in (OK, FAILED, INTERRUPTED, RUNNING, PENDING, NOT_RUN)}
+    n, finished = len(summaries), len(count[OK]) + len(count[FAILED])
+    state = ""
+    if count[INTERRUPTED] or count[NOT_RUN]:
+        during = f" during {html.escape(count[INTERRUPTED][0])}" if count[INTERRUPTED] else ""
+        state = (f"<p class='bad'><b>Interrupted</b> (Ctrl-C){during}: "
+                 f"{finished} of {n} notebooks finished, {len(count[INTERRUPTED])} was cut off, "
+                 f"{len(count[NOT_RUN])} never ran. The report is incomplete.</p>")
+    elif count[RUNNING] or count[PENDING]:
+        state = (f"<p class='wait'><b>In progress</b> when this page was written: {finished} of {n} notebooks "
+                 f"finished, running {html.escape(', '.join(count[RUNNING]) or 'none')}, {len(count[PENDING])} "
+                 "not started yet. The page is rewritten before and after every notebook.</p>")
     page = ("<!doctype html><meta charset='utf-8'><title>nbhelpers reports</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}section{border:1px solid #ccc;"
             "border-radius:6px;padding:0 1em 1em;margin:1em 0}section.bad{border-color:#c33}.ok{color:#262}"
-            ".bad{color:#b22}.figs img{height:140px;margin:4px;border:1px solid #eee}td{padding:2px 10px;"
-            "border-bottom:1px solid #eee;font-size:90%}</style>"
-            "<h1>Interpreting text-to-image diffusion: reports</h1>"
-            f"<p>{n_ok} of {len(summaries)} notebooks ran. Generated {time.strftime('%Y-%m-%d %H:%M')} by "
+            ".bad{color:#b22}.wait{color:#a60}section.wait{border-color:#da3}.skip{color:#777}"
+            "section.skip{border-style:dashed}.figs img{height:140px;margin:4px;border:1px solid #eee}"
+            "td{padding:2px 10px;border-bottom:1px solid #eee;font-size:90%}</style>"
+            "<h1>Interpreting text-to-image diffusion: reports</h1>" + state +
+            f"<p>{len(count[OK])} of {n} notebooks ran. Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by "
             f"<code>{html.escape(command)}</code>.</p>" + "".join(cards))
     index = out_dir / "index.html"
-    index.write_text(page)
-    (out_dir / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))
+    _write_atomic(index, page)
+    _write_atomic(out_dir / "summary.json", json.dumps(summaries, indent=1, default=str))
     return index
 
 
@@ -392,21 +485,58 @@ def main(argv=None) -> int:
     if a.no_cache or cfg.get("cache") is False:
         os.environ["NBHELPERS_CACHE"] = "0"
     timeout = a.timeout or int(cfg.get("timeout") or 3600)
-    summaries = []
     command = "nbhelpers report " + " ".join(argv if argv is not None else sys.argv[1:])
+    summaries, interrupted = run_all(chosen, out, planned, timeout=timeout, progress=not a.quiet, command=command)
     index = out / "index.html"
-    bar = tqdm(chosen, desc="notebooks", unit="nb")
-    for spec in bar:
-        bar.set_postfix_str(spec.name)
-        s = run_notebook(spec.path, out, planned[spec.name], timeout=timeout, progress=not a.quiet)
-        tqdm.write(f"{spec.name}: {s['status']} in {s['seconds']} s"
-                   + (f" (cell {s.get('cell')}: {s['error']})" if s["error"] else ""))
-        summaries.append(s)
-        index = write_index(out, summaries, command)  # after every notebook, so an interrupted run keeps its index
-    failed = [s["name"] for s in summaries if s["status"] != "ok"]
+    if interrupted:
+        cut = [s["name"] for s in summaries if s["status"] == INTERRUPTED]
+        done = sum(s["status"] in (OK, FAILED) for s in summaries)
+        never = [s["name"] for s in summaries if s["status"] == NOT_RUN]
+        print(f"report interrupted{' during ' + cut[0] if cut else ''}: {done} of {len(summaries)} notebooks "
+              f"finished" + (f"; never ran: {', '.join(never)}" if never else "") + f". Index: {index}",
+              file=sys.stderr)
+        return INTERRUPT_EXIT
+    failed = [s["name"] for s in summaries if s["status"] != OK]
     print(f"report: {index}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
+
+def run_all(chosen: list[NotebookSpec], out: Path, planned: dict[str, dict], timeout: int = 3600,
+            progress: bool = True, command: str = "nbhelpers report") -> tuple[list[dict], bool]:
+    """Run the notebooks in order, rewriting the index before and after each one; returns the
+    summaries and whether the run was interrupted. Ctrl-C stops the run: the notebook it cut off is
+    marked "interrupted", the ones after it "not run", and the index is written once more (the
+    caller then exits with status 130)."""
+    summaries = [{"name": s.name, "status": PENDING, "parameters": dict(planned[s.name])} for s in chosen]
+    bar = tqdm(total=len(chosen), desc="notebooks", unit="nb")
+    current, t0, interrupted = None, time.time(), False
+    try:
+        for i, spec in enumerate(chosen):
+            current, t0 = i, time.time()
+            summaries[i].update(status=RUNNING, started=time.strftime("%H:%M:%S"))
+            write_index(out, summaries, command)
+            bar.set_postfix_str(spec.name)
+            s = run_notebook(spec.path, out, planned[spec.name], timeout=timeout, progress=progress)
+            tqdm.write(f"{spec.name}: {s['status']} in {s['seconds']} s"
+                       + (f" (cell {s.get('cell')}: {s['error']})" if s["error"] else ""))
+            summaries[i], current = s, None
+            bar.update()
+            write_index(out, summaries, command)
+    except KeyboardInterrupt as e:
+        interrupted = True
+        with _sigint_deferred():
+            if current is not None:
+                summaries[current] = getattr(e, "summary", None) or {
+                    "name": chosen[current].name, "status": INTERRUPTED, "error": "KeyboardInterrupt",
+                    "parameters": dict(planned[chosen[current].name]), "seconds": round(time.time() - t0, 1)}
+                summaries[current]["status"] = INTERRUPTED
+            for s in summaries:
+                if s["status"] in (PENDING, RUNNING):
+                    s["status"] = NOT_RUN
+            write_index(out, summaries, command)
+    finally:
+        bar.close()
+    return summaries, interrupted
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -99,3 +99,117 @@ def test_failing_notebook_is_reported_and_the_others_still_run(tmp_path, capsys)
 @pytest.mark.parametrize("config", sorted((report.REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(config):
     assert report.main(["--config", str(config), "--check"]) == 0
+
+
+# -- interruption (Ctrl-C) ---------------------------------------------------------------------------------
+def _statuses(out):
+    return [(s["name"], s["status"]) for s in json.loads((out / "summary.json").read_text())]
+
+
+def test_interruption_keeps_finished_lessons_and_says_what_was_cut_off(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the second lesson (the runner is replaced: nothing executes): exit status 130, the
+    first lesson's page kept and linked, the second marked interrupted, the third never ran."""
+    out = tmp_path / "out"
+    seen = {}
+
+    def fake_run(path, out_dir, parameters=None, timeout=3600, progress=True):
+        if path.stem == "00_tour":
+            (out_dir / "00_tour.html").write_text("<html>tour</html>")
+            return {"name": "00_tour", "status": "ok", "error": None, "parameters": parameters, "seconds": 1.5,
+                    "html": "00_tour.html", "metrics": {"score": 2.0}, "figures": [], "thumbnail": None}
+        seen["index"] = (out_dir / "index.html").read_text()  # as written just before this lesson started
+        seen["statuses"] = _statuses(out_dir)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "run_notebook", fake_run)
+    assert report.main(["00", "01", "02", "--fast", "--out", str(out), "--quiet"]) == 130
+    assert seen["statuses"] == [("00_tour", "ok"), ("01_information_decomposition", "running"),
+                                ("02_partial_information_decomposition", "pending")]
+    assert "In progress" in seen["index"] and "not started yet" in seen["index"]
+    assert _statuses(out) == [("00_tour", "ok"), ("01_information_decomposition", "interrupted"),
+                              ("02_partial_information_decomposition", "not run")]
+    index = (out / "index.html").read_text()
+    assert "Interrupted</b> (Ctrl-C) during 01_information_decomposition" in index
+    assert "1 of 3 notebooks finished, 1 was cut off, 1 never ran" in index
+    assert 'href="00_tour.html"' in index and "ran</span> in 1.5 s" in index and "score" in index
+    assert "never ran</span>: the report was interrupted before it started" in index
+    assert 'href="01_information_decomposition.html"' not in index  # nothing of it was kept
+    assert (out / "00_tour.html").read_text() == "<html>tour</html>"
+    err = capsys.readouterr().err
+    assert "report interrupted during 01_information_decomposition: 1 of 3 notebooks finished" in err
+    assert "never ran: 02_partial_information_decomposition" in err
+
+
+def test_an_interrupted_lessons_partial_page_is_linked(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+
+    def fake_run(path, out_dir, parameters=None, timeout=3600, progress=True):
+        (out_dir / f"{path.stem}.html").write_text("<html>partial</html>")
+        raise report.NotebookInterrupted({"name": path.stem, "status": "interrupted", "error": "KeyboardInterrupt",
+                                          "cell": 4, "seconds": 7.0, "parameters": {}, "html": f"{path.stem}.html"})
+
+    monkeypatch.setattr(report, "run_notebook", fake_run)
+    assert report.main(["04", "05", "--out", str(out), "--quiet"]) == 130
+    assert _statuses(out) == [("04_timestep_visualization", "interrupted"), ("05_bias_audit", "not run")]
+    index = (out / "index.html").read_text()
+    assert 'href="04_timestep_visualization.html"' in index
+    assert "interrupted</span> (Ctrl-C) at cell 4 after 7.0 s" in index and "cells run until then" in index
+
+
+def test_ctrl_c_in_the_kernel_stops_the_report(tmp_path, capsys):
+    """The kernel shares the terminal, so Ctrl-C reaches it too: a cell stopped by KeyboardInterrupt
+    stops the report (it does not go on to the next notebook) and keeps the cells run so far."""
+    books = tmp_path / "books"
+    books.mkdir()
+    _notebook(books / "00_first.ipynb", "y = 1")
+    _notebook(books / "01_cut.ipynb", "print('half way')\nraise KeyboardInterrupt")
+    _notebook(books / "02_after.ipynb", "z = 3")
+    out = tmp_path / "out"
+    assert report.main(["--notebook-dir", str(books), "--out", str(out), "--quiet"]) == 130
+    assert _statuses(out) == [("00_first", "ok"), ("01_cut", "interrupted"), ("02_after", "not run")]
+    summary = json.loads((out / "summary.json").read_text())[1]
+    assert summary["cell"] == 3 and summary["html"] == "01_cut.html"
+    assert "half way" in (out / "01_cut.html").read_text() and (out / "00_first.html").exists()
+    assert not (out / "02_after.html").exists()
+
+
+def test_sigint_to_the_report_process(tmp_path):
+    """The real thing: SIGINT to `python -m nbhelpers.report` while its second notebook runs a long cell
+    (a few seconds in all: three small notebooks, the second one cut off)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    books = tmp_path / "books"
+    books.mkdir()
+    marker = tmp_path / "second-started"
+    _notebook(books / "00_quick.ipynb", "x = 1")
+    _notebook(books / "01_slow.ipynb", f"import time\nprint('started')\nopen({str(marker)!r}, 'w').close()\n"
+                                       "time.sleep(300)")
+    _notebook(books / "02_never.ipynb", "y = 2")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "nbhelpers.report", "--notebook-dir", str(books), "--out", str(out),
+                             "--quiet"], cwd=report.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal would
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "the second notebook never started"
+            time.sleep(0.1)
+        assert (out / "00_quick.html").exists()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert _statuses(out) == [("00_quick", "ok"), ("01_slow", "interrupted"), ("02_never", "not run")]
+    assert "report interrupted during 01_slow" in err
+    index = (out / "index.html").read_text()
+    assert "Interrupted</b> (Ctrl-C) during 01_slow" in index and 'href="00_quick.html"' in index
+    assert (out / "00_quick.html").exists() and (out / "01_slow.html").exists()
