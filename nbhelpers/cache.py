@@ -11,8 +11,18 @@ or moving a widget back to a value already seen then loads the result instead of
   ``nbhelpers.cache.configure(enabled=False)``.
 - ``nbhelpers cache info`` prints what is stored; ``nbhelpers cache clear [--kind K]`` removes it.
 
+Each entry is one ``<key>.safetensors`` file (with ``<key>.json`` beside it: what was computed, when,
+how long it took). The result is written by :mod:`nbhelpers.safe_codec`: its arrays and tensors as the
+file's tensors, everything else as a JSON tree in the file's metadata. Loading is parsing, never running
+code: the JSON can only name a fixed set of plain types and dataclasses defined in ``nbhelpers``, which are
+rebuilt field by field without calling any of their methods, so an entry someone crafted or corrupted can
+at worst fail to load. An entry that does not load (truncated, garbled, naming an unknown tag or a class
+from elsewhere) is dropped with a warning and recomputed. Files of the older code-bearing format
+(``*.pkl``) are never opened; ``nbhelpers cache clear`` removes them.
+
 Results that point to the model (a :class:`~nbhelpers.model.Generation` keeps it for lazy decoding)
-are stored without it and re-attached to the caller's model on loading.
+are stored without it and re-attached to the caller's model on loading. A result holding a type the
+format does not store is computed and returned as usual, with a warning, but not cached.
 """
 from __future__ import annotations
 
@@ -20,16 +30,17 @@ import dataclasses
 import functools
 import hashlib
 import inspect
-import io
 import json
 import os
-import pickle
+import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from . import safe_codec
 
 _SETTINGS: dict[str, Any] = {"enabled": None, "directory": None}
 _FINGERPRINTS: dict[int, tuple[Any, int, str]] = {}  # id(model) -> (model, weights' version, fingerprint)
@@ -112,8 +123,7 @@ def model_fingerprint(model) -> str:
     return fp
 
 
-def _is_model(obj) -> bool:
-    return hasattr(obj, "pipe") and hasattr(obj, "eps") and hasattr(obj, "latent_shape")
+_is_model = safe_codec.is_model  # one test: what the key hashes as the model is what an entry refers to
 
 
 def _feed(h, obj, depth: int = 0) -> None:
@@ -200,38 +210,24 @@ def make_key(kind: str, parts: dict) -> str:
 
 
 # -- storage ----------------------------------------------------------------------------------------------
-class _Pickler(pickle.Pickler):
-    """Stores the model (when a result points to it) as a reference, not as weights."""
-
-    def persistent_id(self, obj):
-        return "model" if _is_model(obj) else None
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, model):
-        super().__init__(file)
-        self.model = model
-
-    def persistent_load(self, pid):
-        if pid == "model":
-            return self.model
-        raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+DATA_SUFFIX = ".safetensors"
+_STALE_SUFFIXES = (".pkl",)  # entries of earlier versions: never opened, removed by clear()
 
 
 def _paths(kind: str, key: str) -> tuple[Path, Path]:
     folder = cache_dir() / kind / key[:2]
-    return folder / f"{key}.pkl", folder / f"{key}.json"
+    return folder / f"{key}{DATA_SUFFIX}", folder / f"{key}.json"
 
 
 def load(kind: str, key: str, model=None):
-    """The stored result, or raises KeyError (also for an unreadable entry, which is then removed)."""
+    """The stored result, or raises KeyError (also for an unreadable entry, which is then removed).
+    ``model``: put back where the stored result pointed to the model."""
     data_path, meta_path = _paths(kind, key)
     if not data_path.exists():
         raise KeyError(key)
     try:
-        with open(data_path, "rb") as f:
-            return _Unpickler(f, model).load()
-    except Exception as e:  # truncated or from an incompatible library version: recompute
+        return safe_codec.load(data_path, model)
+    except Exception as e:  # truncated, garbled or naming something refused: recompute
         warnings.warn(f"nbhelpers cache: dropping unreadable entry {data_path} ({type(e).__name__}: {e})")
         for p in (data_path, meta_path):
             p.unlink(missing_ok=True)
@@ -239,18 +235,18 @@ def load(kind: str, key: str, model=None):
 
 
 def store(kind: str, key: str, value, meta: dict) -> bool:
-    """Write atomically (a half-written entry is never read); False (with a warning) if it fails."""
+    """Write atomically (a half-written entry is never read); False (with a warning) if it fails, e.g.
+    for a result holding a type :mod:`nbhelpers.safe_codec` does not store."""
     data_path, meta_path = _paths(kind, key)
+    tmp = data_path.with_name(f"{data_path.stem}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
-        buf = io.BytesIO()
-        _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
         data_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = data_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(buf.getvalue())
+        size = safe_codec.save(value, tmp)
         os.replace(tmp, data_path)
-        meta_path.write_text(json.dumps({**meta, "bytes": buf.tell()}, default=str))
+        meta_path.write_text(json.dumps({**meta, "bytes": size}, default=str))
         return True
-    except Exception as e:  # a full disk or an unpicklable result must not lose the computed result
+    except Exception as e:  # a full disk or an unstorable result must not lose the computed result
+        tmp.unlink(missing_ok=True)
         warnings.warn(f"nbhelpers cache: could not store a {kind} result ({type(e).__name__}: {e})")
         return False
 
@@ -306,11 +302,21 @@ def entries(kind: str | None = None) -> list[dict]:
             m = json.loads(meta.read_text())
         except (OSError, ValueError):
             m = {"kind": meta.parent.parent.name}
-        data = meta.with_suffix(".pkl")
+        data = meta.with_suffix(DATA_SUFFIX)
+        if not data.exists() and any(meta.with_suffix(x).exists() for x in _STALE_SUFFIXES):
+            continue  # an entry of an earlier format: see stale()
         m["bytes"] = data.stat().st_size if data.exists() else 0
         m["path"] = str(data)
         out.append(m)
     return out
+
+
+def stale(kind: str | None = None) -> list[Path]:
+    """Data files of an earlier, code-bearing format: never opened, removed by :func:`clear`."""
+    root = cache_dir()
+    if not root.exists():
+        return []
+    return sorted(p for x in _STALE_SUFFIXES for p in root.glob(f"{kind or '*'}/*/*{x}"))
 
 
 def info() -> dict:
@@ -321,9 +327,12 @@ def info() -> dict:
         k["entries"] += 1
         k["bytes"] += e["bytes"]
         k["compute_seconds"] += float(e.get("compute_seconds") or 0.0)
+    old = stale()
     return {"directory": str(cache_dir()), "enabled": is_enabled(), "code_version": code_version(),
             "entries": sum(k["entries"] for k in per_kind.values()),
-            "bytes": sum(k["bytes"] for k in per_kind.values()), "kinds": per_kind}
+            "bytes": sum(k["bytes"] for k in per_kind.values()), "kinds": per_kind,
+            "stale_files": len(old), "stale_bytes": sum(p.stat().st_size for p in old if p.exists()),
+            "stale_kinds": sorted({p.parent.parent.name for p in old})}
 
 
 def clear(kind: str | None = None) -> int:
@@ -332,10 +341,11 @@ def clear(kind: str | None = None) -> int:
     root = cache_dir()
     if not root.exists():
         return 0
-    for data in root.glob(f"{kind or '*'}/*/*.pkl"):
-        data.unlink(missing_ok=True)
-        data.with_suffix(".json").unlink(missing_ok=True)
-        n += 1
+    for suffix in (DATA_SUFFIX, *_STALE_SUFFIXES):
+        for data in root.glob(f"{kind or '*'}/*/*{suffix}"):
+            data.unlink(missing_ok=True)
+            data.with_suffix(".json").unlink(missing_ok=True)
+            n += 1
     for tmp in root.glob(f"{kind or '*'}/*/*.tmp*"):
         tmp.unlink(missing_ok=True)
     for folder in sorted(root.glob(f"{kind or '*'}/*"), reverse=True):
@@ -374,8 +384,12 @@ def main(argv=None) -> int:
         for kind, k in sorted(d["kinds"].items()):
             print(f"  {kind:<14} {k['entries']:>6} entries {_human(k['bytes']):>10}   "
                   f"{k['compute_seconds']:.0f} s of computing stored")
+        if d["stale_files"]:
+            print(f"{d['stale_files']} file(s) of an earlier cache format ({_human(d['stale_bytes'])}), never "
+                  "loaded: `nbhelpers cache clear` removes them")
         return 0
-    kinds = info()["kinds"]
+    d = info()
+    kinds = set(d["kinds"]) | set(d["stale_kinds"])
     if a.kind and a.kind not in kinds:
         print(f"no cached results of kind {a.kind!r}; kinds present: {sorted(kinds) or 'none'}")
         return 0
