@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .validate import validated
+
 
 class AttentionBudgetError(MemoryError):
     """Keeping the requested per-step/per-layer/per-head maps would exceed the memory budget."""
@@ -178,6 +180,7 @@ def capture_cross_attention(unet, store: AttentionStore, count_calls: bool = Fal
             module_hooks(unet, forward_pre=pre, with_kwargs=True):
         yield store
 
+@validated
 @torch.no_grad()
 def word_attention_maps(model, image, prompt: str, words: list[str] | None = None, n: int = 8, seed: int = 0,
                         sampler=None) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import NbhelpersError
+from .validate import validated
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"
 
@@ -88,6 +89,7 @@ def _append(path: Path, rows: list[dict]) -> None:
         f.flush()
 
 
+@validated
 def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subject}",), n: int = 40, seed: int = 0,
               steps: int = 20, guidance: float = 3.0, reader=None, dimensions: dict | None = None,
               group_words: list[str] | None = None, n_pid: int = 0, pid_samples: int = 24, batch: int = 32,

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from .info import caption_margins
 from .metrics import wilson_interval
 from .cache import cached
+from .validate import ArgumentError, validated
 
 
 @dataclass
@@ -33,6 +34,7 @@ class CaptionStudy:
         return {"accuracy": self.accuracy(), "params": self.params}
 
 
+@validated(skip=("captions",))
 @cached("studies")
 def caption_scoring_study(model, images, captions: list[tuple[str, dict[str, str]]], n: int = 32, seed: int = 0,
                           form: str = "standard", batch_size: int = 32) -> CaptionStudy:
@@ -41,7 +43,7 @@ def caption_scoring_study(model, images, captions: list[tuple[str, dict[str, str
     against each swapped one: the margin i(x; true) − i(x; swapped) in nats
     (:func:`nbhelpers.info.caption_margins`), correct when positive."""
     if len(images) != len(captions):
-        raise ValueError(f"{len(images)} images for {len(captions)} caption sets; give one (true, swaps) per image")
+        raise ArgumentError(f"{len(images)} images for {len(captions)} caption sets; give one (true, swaps) per image")
     records = []
     for k, ((true, swaps), image) in enumerate(tqdm(list(zip(captions, images)), desc="caption scoring", leave=False)):
         if not swaps:

@@ -64,6 +64,7 @@ from .conceptor_training import (DEFAULT_TEMPLATE, ConceptorConfig, check_templa
                                  pseudo_token, train_mixture)
 from .immse import add_noise
 from .metrics import pearson
+from .validate import ArgumentError, seeds as seed_list, validated
 
 # Function words never used as dictionary entries (common English ones).
 STOP_WORDS = frozenset("""a an the on at in of and or to with by for from as is are was be it its this that
@@ -90,11 +91,11 @@ def _check_concept(model, concept: str, template: str, vocabulary: Sequence[str]
         known = {v.lower() for v in vocabulary}
         unknown = [w for w in words if w not in known]
         if unknown:
-            raise ValueError(f"the vocabulary has no word {unknown[0]!r}; its words are: {', '.join(vocabulary)}")
+            raise ArgumentError(f"the vocabulary has no word {unknown[0]!r}; its words are: {', '.join(vocabulary)}")
     else:  # a real tokenizer spells every string; refuse only pure character soup
         pieces = tok.tokenize(concept)
         if any(p == tok.unk_token for p in pieces) or not pieces or not all(p in vocab for p in pieces):
-            raise ValueError(f"the tokenizer cannot spell the concept {concept!r}")
+            raise ArgumentError(f"the tokenizer cannot spell the concept {concept!r}")
     model.tokenize(template.format(concept))  # raises if too long
     return concept
 
@@ -104,6 +105,7 @@ def _seed_list(seeds) -> list[int]:
 
 
 # --- images ----------------------------------------------------------------------------------------
+@validated(rules={"seeds": seed_list})
 def concept_images(model, concept: str, seeds, template: str | None = None, steps: int = 25, guidance: float = 3.0,
                    batch_size: int = 16) -> np.ndarray:
     """uint8 images (N, H, W, 3) of ``template.format(concept)``, one per seed (``model.generate``)."""
@@ -117,13 +119,14 @@ def concept_images(model, concept: str, seeds, template: str | None = None, step
     return np.concatenate(out)
 
 
+@validated(rules={"seeds": seed_list})
 def generate_from_condition(model, cond: torch.Tensor, seeds, steps: int = 25, guidance: float = 3.0,
                             batch_size: int = 16) -> np.ndarray:
     """uint8 images (N, H, W, 3) from text-encoder hidden states ``cond`` (batch 1, or one per seed):
     ``model.generate(cond=...)`` in batches (empty prompt as the negative, each seed's own noise)."""
     seeds = _seed_list(seeds)
     if cond.shape[0] not in (1, len(seeds)):
-        raise ValueError(f"cond has batch {cond.shape[0]}; give 1 or one per seed ({len(seeds)})")
+        raise ArgumentError(f"cond has batch {cond.shape[0]}; give 1 or one per seed ({len(seeds)})")
     imgs = []
     for i in range(0, len(seeds), batch_size):
         chunk = seeds[i : i + batch_size]
@@ -136,7 +139,7 @@ def pixel_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two images' pixel values (all pixels and channels), in [-1, 1]
     (:func:`nbhelpers.metrics.pearson`; two constant images: 1 if equal, else 0)."""
     if np.shape(a) != np.shape(b):
-        raise ValueError(f"images of different sizes: {np.shape(a)} and {np.shape(b)}")
+        raise ArgumentError(f"images of different sizes: {np.shape(a)} and {np.shape(b)}")
     r = pearson(a, b)
     return float(np.array_equal(a, b)) if np.isnan(r) else r
 
@@ -182,7 +185,7 @@ def candidate_entries(model, vocabulary: Sequence[str] | None = None, exclude: S
     """The dictionary's candidates (see the module docstring): entries for the words of ``vocabulary``
     (default: every whole-word token of the tokenizer) minus :data:`STOP_WORDS` and ``exclude``."""
     if multi_token not in ("pieces", "skip"):
-        raise ValueError(f"multi_token must be 'pieces' or 'skip', not {multi_token!r}")
+        raise ArgumentError(f"multi_token must be 'pieces' or 'skip', not {multi_token!r}")
     tok = model.tokenizer
     special = set(tok.all_special_ids)
     drop = {w.lower() for w in exclude} | STOP_WORDS
@@ -275,7 +278,7 @@ def _resolve_scorer(scorer, n_words: int):
         return DenoiserScorer()
     if scorer == "text":
         return TextScorer()
-    raise ValueError(f"scorer must be 'auto', 'denoiser', 'text' or a callable "
+    raise ArgumentError(f"scorer must be 'auto', 'denoiser', 'text' or a callable "
                      f"scorer(model, words, template, concept, images, latents, seed=...) -> one score per word; "
                      f"got {scorer!r}")
 
@@ -305,7 +308,7 @@ def build_dictionary(model, concept: str, images=None, latents=None, vocabulary:
     excl = list(exclude) + (concept.lower().split() if exclude_concept else [])
     entries = candidate_entries(model, vocabulary, excl, multi_token)
     if not entries:
-        raise ValueError("the dictionary is empty: no candidate word is left after the exclusions; "
+        raise ArgumentError("the dictionary is empty: no candidate word is left after the exclusions; "
                          "pass vocabulary=[...]")
     table = model.pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
     all_emb = table[[e.token_id for e in entries]]
@@ -419,6 +422,7 @@ class Decomposition:
 
 
 # --- learning -------------------------------------------------------------------------------------------
+@validated
 def decompose(model, concept: str, config: ConceptorConfig | None = None, *, template: str | None = None,
               vocabulary: Sequence[str] | None = None, scorer="auto", dictionary_size: int = 5000,
               exclude_concept: bool = True, exclude: Sequence[str] = (), multi_token: str = "pieces",
@@ -457,14 +461,14 @@ def _decompose(model, concept: str, config: ConceptorConfig, template, vocabular
     if val_images is None:
         val_images = concept_images(model, concept, val_seeds, template, c.gen_steps, c.guidance)
     if len(images) != c.n_train or len(val_images) != c.n_val:
-        raise ValueError(f"got {len(images)} training and {len(val_images)} validation images for "
+        raise ArgumentError(f"got {len(images)} training and {len(val_images)} validation images for "
                          f"n_train={c.n_train}, n_val={c.n_val}")
     latents = model.encode_image(images).cpu()  # precomputed once: the VAE never runs in the loop
     dic = build_dictionary(model, concept, images, latents, vocabulary, scorer, dictionary_size, exclude_concept,
                            exclude, multi_token, template, c.seed)
     n = len(dic.entries)
     if c.k > n:
-        raise ValueError(f"k={c.k} is larger than the dictionary ({n} entries: "
+        raise ArgumentError(f"k={c.k} is larger than the dictionary ({n} entries: "
                          f"{', '.join(e.label for e in dic.entries)}); use k ≤ {n}")
 
     def validate(token: torch.Tensor) -> float:
@@ -490,6 +494,7 @@ def _decompose(model, concept: str, config: ConceptorConfig, template, vocabular
 
 
 # --- using a decomposition -------------------------------------------------------------------------------
+@validated(rules={"seeds": seed_list})
 def mix_images(model, dec: Decomposition, seeds, top_k: int | None = None, alphas=None, steps: int | None = None,
                guidance: float | None = None) -> np.ndarray:
     """Images (N, H, W, 3) from the pseudo-token (all entries, or the ``top_k`` largest), one per seed."""
@@ -498,6 +503,7 @@ def mix_images(model, dec: Decomposition, seeds, top_k: int | None = None, alpha
                                    steps or p.get("gen_steps", 25), guidance or p.get("guidance", 3.0))
 
 
+@validated(rules={"seeds": seed_list})
 def manipulate(model, dec: Decomposition, token: str, scale: float, seeds=0, top_k: int | None = None,
                steps: int | None = None, guidance: float | None = None) -> np.ndarray:
     """Images with ``token``'s coefficient multiplied by ``scale`` (0 removes it), same seeds, same
@@ -531,6 +537,7 @@ class SingleImageDecomposition:
                 "threshold": self.threshold}
 
 
+@validated
 def single_image_decomposition(model, dec: Decomposition, seed: int = 0, start: int = 10, threshold: float = 0.9,
                                min_tokens: int = 1, similarity: Callable = pixel_similarity,
                                steps: int | None = None, guidance: float | None = None) -> SingleImageDecomposition:

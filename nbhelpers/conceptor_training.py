@@ -24,6 +24,7 @@ from torch import nn
 
 from .hooks import module_hooks
 from .immse import add_noise
+from .validate import ArgumentError, UnknownArgumentError
 
 PLACEHOLDER = "_"  # a one-token stand-in for the pseudo-token in the template (replaced in the embeddings)
 DEFAULT_TEMPLATE = "a photo of a {}"  # the paper's; a model whose captions read otherwise passes template=
@@ -64,17 +65,22 @@ class ConceptorConfig:
     guidance: float = 3.0
 
     def __post_init__(self):
+        from . import validate as v
+
         for name, lo in (("k", 1), ("steps", 0), ("n_train", 1), ("n_val", 1), ("batch_size", 1),
-                         ("eval_every", 1)):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
+                         ("eval_every", 1), ("hidden", 1), ("gen_steps", 1)):
+            object.__setattr__(self, name, v.whole_number(name, getattr(self, name), lo))
+        object.__setattr__(self, "seed", v.seed("seed", self.seed))
+        object.__setattr__(self, "lr", v.real("lr", self.lr, 0.0, None, "a learning rate such as 1e-3",
+                                              open_low=True))
+        object.__setattr__(self, "sparsity", v.real("sparsity", self.sparsity, 0.0, None, "a weight such as 1e-3"))
+        object.__setattr__(self, "guidance", v.guidance("guidance", self.guidance))
 
     def replace(self, **changes) -> "ConceptorConfig":
         names = [f.name for f in fields(self)]
         unknown = [c for c in changes if c not in names]
         if unknown:
-            raise TypeError(f"unknown Conceptor setting {unknown[0]!r}; the settings are: {', '.join(names)}")
+            raise UnknownArgumentError(f"unknown Conceptor setting {unknown[0]!r}; the settings are: {', '.join(names)}")
         return _replace(self, **changes) if changes else self
 
 
@@ -82,7 +88,7 @@ def check_template(template: str | None) -> str:
     """``template`` (default :data:`DEFAULT_TEMPLATE`), refused unless it has exactly one ``{}``."""
     template = template or DEFAULT_TEMPLATE
     if not isinstance(template, str) or template.count("{}") != 1:
-        raise ValueError(f"template must contain exactly one '{{}}' where the concept goes, e.g. 'a photo of a {{}}'; "
+        raise ArgumentError(f"template must contain exactly one '{{}}' where the concept goes, e.g. 'a photo of a {{}}'; "
                          f"got {template!r}")
     return template
 
@@ -138,7 +144,7 @@ def pseudo_token(alphas: torch.Tensor, embeddings: torch.Tensor, target_norm: fl
     v = mix(alphas, embeddings, top_k)
     n = v.norm()
     if float(n.detach()) == 0:
-        raise ValueError("all coefficients are zero; the mixture has no direction (raise a weight)")
+        raise ArgumentError("all coefficients are zero; the mixture has no direction (raise a weight)")
     return v * (float(target_norm) / n)
 
 
@@ -156,10 +162,10 @@ def _placeholder_position(model, template: str) -> tuple[torch.Tensor, int]:
               return_tensors="pt").input_ids
     ph = tok(PLACEHOLDER, add_special_tokens=False)["input_ids"]
     if len(ph) != 1:
-        raise ValueError(f"the tokenizer writes the placeholder {PLACEHOLDER!r} as {len(ph)} tokens")
+        raise ArgumentError(f"the tokenizer writes the placeholder {PLACEHOLDER!r} as {len(ph)} tokens")
     pos = (ids[0] == ph[0]).nonzero().flatten()
     if len(pos) != 1:
-        raise ValueError(f"the template {template!r} must not contain {PLACEHOLDER!r} itself")
+        raise ArgumentError(f"the template {template!r} must not contain {PLACEHOLDER!r} itself")
     return ids, int(pos[0])
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 from typing import Callable
 
+from .validate import ArgumentError
+
 
 def cross_attention_layers(denoiser, layers: str | None = None) -> list[str]:
     """Processor names of the text→image (cross-) attention layers of a UNet (names containing
@@ -22,7 +24,7 @@ def cross_attention_layers(denoiser, layers: str | None = None) -> list[str]:
     names = [n for n in denoiser.attn_processors if ".attn2." in n]
     chosen = [n for n in names if layers is None or layers in n]
     if not chosen:
-        raise ValueError(f"no cross-attention layer matches layers={layers!r}; names look like "
+        raise ArgumentError(f"no cross-attention layer matches layers={layers!r}; names look like "
                          f"{names[0] if names else 'none (this network has no attn2 layers)'!r}")
     return chosen
 

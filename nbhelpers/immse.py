@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .validate import ArgumentError
+
 FORMS = ("orthogonal", "standard")
 LN2 = math.log(2.0)
 
@@ -56,9 +58,9 @@ class LogSNRSampler:
 
     def __post_init__(self):
         if not (self.scale > 0 and self.clip > 0):
-            raise ValueError(f"LogSNRSampler needs scale > 0 and clip > 0, not scale={self.scale!r}, clip={self.clip!r}")
+            raise ArgumentError(f"LogSNRSampler needs scale > 0 and clip > 0, not scale={self.scale!r}, clip={self.clip!r}")
         if not (0.0 <= self.uniform_share <= 1.0):
-            raise ValueError(f"uniform_share is a mixture weight in [0, 1], not {self.uniform_share!r}")
+            raise ArgumentError(f"uniform_share is a mixture weight in [0, 1], not {self.uniform_share!r}")
 
     @classmethod
     def for_model(cls, model, clip: float = 3.0, loc: float | None = None, scale: float | None = None,
@@ -171,7 +173,7 @@ class InfoResult:
     def to(self, units: str) -> "InfoResult":
         """The same estimate in "nats" or "bits"."""
         if units not in ("nats", "bits"):
-            raise ValueError(f"units must be 'nats' or 'bits', not {units!r}")
+            raise ArgumentError(f"units must be 'nats' or 'bits', not {units!r}")
         if units == self.units:
             return self
         f = 1 / LN2 if units == "bits" else LN2
@@ -186,7 +188,7 @@ class InfoResult:
         """The map bilinearly upsampled to ``size``×``size`` pixels for display (per-pixel density
         rescaled so that it still sums to ``value``)."""
         if self.map is None:
-            raise ValueError("this result kept no map; estimate with keep_map=True")
+            raise ArgumentError("this result kept no map; estimate with keep_map=True")
         m = torch.from_numpy(np.asarray(self.map, np.float64))[None, None]
         up = torch.nn.functional.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
         return (up * (m.numel() / up.numel())).numpy()
@@ -240,7 +242,7 @@ def _take(cond, idx: torch.Tensor, n_items: int):
     if cond.shape[0] == 1:
         return cond.expand(len(idx), *cond.shape[1:])
     if cond.shape[0] != n_items:
-        raise ValueError(f"a condition has batch {cond.shape[0]}; give 1 or one per image ({n_items})")
+        raise ArgumentError(f"a condition has batch {cond.shape[0]}; give 1 or one per image ({n_items})")
     return cond[idx.to(cond.device)]
 
 
@@ -331,12 +333,13 @@ def information_terms(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: d
     dependent on its own noise, far below its standard error."""
     if n != "auto":
         if target_stderr is not None:
-            raise ValueError("target_stderr only applies with n='auto'; give one or the other")
+            raise ArgumentError(f"target_stderr={target_stderr!r} only applies with n='auto' (got n={n!r}); give one "
+                                "or the other")
         return _estimate(denoiser, x, conds, pairs, n=n, form=form, seed=seed, **kwargs)
     if target_stderr is None or not (float(target_stderr) > 0):
-        raise ValueError(f"n='auto' needs target_stderr > 0 (nats), not {target_stderr!r}")
+        raise ArgumentError(f"n='auto' needs target_stderr > 0 (nats), not {target_stderr!r}; e.g. target_stderr=0.5")
     if isinstance(max_n, bool) or not isinstance(max_n, (int, np.integer)) or max_n < AUTO_ROUND:
-        raise ValueError(f"max_n must be a whole number ≥ {AUTO_ROUND}, not {max_n!r}")
+        raise ArgumentError(f"max_n must be a whole number ≥ {AUTO_ROUND}, not {max_n!r}")
     max_rounds = max_n // AUTO_ROUND
     rounds: list[dict[str, InfoResult]] = []
     want = 1
@@ -400,15 +403,19 @@ def _estimate(denoiser, x: torch.Tensor, conds: dict[str, Any], pairs: dict[str,
     Returns label → :class:`InfoResult` (for N > 1: value = mean over images, per_item set; stderr =
     Monte Carlo error for these images, ``params["population_stderr"]`` the spread across images)."""
     if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, not {form!r}")
+        raise ArgumentError(f"form={form!r} is not one of {FORMS}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive whole number of samples per image, not {n!r}")
+        raise ArgumentError(f"n={n!r}: n must be a positive whole number of samples per image (e.g. n=64)")
     n = int(n)
     if antithetic and n % 2:
-        raise ValueError(f"n={n} is odd but antithetic=True draws samples in pairs (ε, −ε); give an even n "
+        raise ArgumentError(f"n={n} is odd but antithetic=True draws samples in pairs (ε, −ε); give an even n "
                          "or antithetic=False")
     if x.ndim == 3:
         x = x[None]
+    if x.shape[0] == 1 and (n // 2 if antithetic else n) < 2:
+        least = 4 if antithetic else 2
+        raise ArgumentError(f"n={n} samples give one estimation unit for this image, so no standard error can be "
+                            f"estimated; give n >= {least} (the lessons use 32-64)")
     for label, (weak, strong) in pairs.items():
         for name in (weak, strong):
             if name not in conds:

@@ -13,6 +13,7 @@ of the prompt" removes the word by the model's removal policy (``"delete"`` by d
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,8 @@ import torch
 
 from .immse import FORMS, InfoResult, LogSNRSampler, combined_stderr, information_terms, mi_curve  # noqa: F401
 from .cache import cached
+from .text import RepeatedWordWarning
+from .validate import ArgumentError, samples, validated
 
 
 @dataclass
@@ -49,11 +52,13 @@ class PromptInformation:
         return pd.DataFrame(rows)
 
 
+@validated(rules={"n": samples})
 @cached("info")
 def prompt_information(model, image, prompt: str, words: list[str] | None = None, n: int | str = 64,
                        form: str = "standard", seed: int = 0, policy: str = "delete", batch_size: int = 32,
                        sampler: LogSNRSampler | None = None, keep_map: bool = True, include_prompt: bool = True,
-                       target_stderr: float | None = None) -> PromptInformation:
+                       target_stderr: float | None = None,
+                       occurrence: dict[str, int] | None = None) -> PromptInformation:
     """MI of ``prompt`` and CMI of each of ``words`` (default: every distinct word of the prompt)
     with ``image``, all from the same ``n`` samples of (α, ε) and one batched UNet call per batch.
 
@@ -62,13 +67,28 @@ def prompt_information(model, image, prompt: str, words: list[str] | None = None
     ``form="standard"`` is the pointwise information of this image (unbiased); ``"orthogonal"`` is
     lower-variance and non-negative per pixel but is not the information of one image (results say
     which form they are). ``n="auto"`` with ``target_stderr`` (nats) samples until every term
-    reaches that precision (see :func:`nbhelpers.immse.information_terms`)."""
+    reaches that precision (see :func:`nbhelpers.immse.information_terms`).
+
+    A word that occurs several times ("a red circle left of a red square") is removed at *every*
+    occurrence unless ``occurrence`` picks one ({word: 0-based index}); each word's result records
+    ``params["occurrences"]`` (how many there are) and ``params["removed"]`` ("all" or the index), and
+    naming such a word without picking one warns (:class:`~nbhelpers.text.RepeatedWordWarning`)."""
     tp = model.tokenize(prompt)
+    asked = words is not None
     if words is None:
         words = list(dict.fromkeys(w.text for w in tp.words))
     if not include_prompt and not words:
-        raise ValueError("nothing to estimate: give words, or include_prompt=True for i(x; prompt)")
-    reduced = {w: model.remove_word(prompt, w, policy=policy) for w in words}  # raises for a missing word
+        raise ArgumentError("nothing to estimate: give words, or include_prompt=True for i(x; prompt)")
+    occurrence = dict(occurrence or {})
+    unknown = sorted(set(occurrence) - set(words))
+    if unknown:
+        raise ArgumentError(f"occurrence names {unknown}, which are not among the words asked for {words}")
+    counts = {w: len(tp.find(w)) for w in words}  # raises WordNotInPromptError for a missing word
+    for w in words:
+        if asked and counts[w] > 1 and w not in occurrence:
+            warnings.warn(f"{w!r} occurs {counts[w]} times in {prompt!r}; every occurrence is removed for its "
+                          f"term. Pick one with occurrence={{{w!r}: 0}} (0-based)", RepeatedWordWarning, stacklevel=3)
+    reduced = {w: model.remove_word(prompt, w, policy=policy, occurrence=occurrence.get(w)) for w in words}
     x = model.latent_of(image)
     names = (["null"] if include_prompt else []) + ["full"] + [f"-{w}" for w in words]
     texts = ([""] if include_prompt else []) + [prompt] + [reduced[w] for w in words]
@@ -80,9 +100,13 @@ def prompt_information(model, image, prompt: str, words: list[str] | None = None
                             batch_size=batch_size, keep_map=keep_map, target_stderr=target_stderr)
     for r in res.values():
         r.params.update(prompt=prompt, policy=policy)
+    for w in words:
+        res[f"word:{w}"].params.update(occurrences=counts[w], removed=occurrence.get(w, "all"),
+                                       reduced_prompt=reduced[w])
     return PromptInformation(prompt, res.get("prompt"), {w: res[f"word:{w}"] for w in words}, reduced)
 
 
+@validated(rules={"n": samples})
 def mutual_information(model, image, prompt: str, n: int | str = 64, form: str = "standard", seed: int = 0,
                        **kwargs) -> InfoResult:
     """i(x; prompt) in nats: what the prompt tells about this image, against the empty prompt
@@ -90,13 +114,16 @@ def mutual_information(model, image, prompt: str, n: int | str = 64, form: str =
     return prompt_information(model, image, prompt, words=[], n=n, form=form, seed=seed, **kwargs).prompt
 
 
+@validated(rules={"n": samples})
 def conditional_mutual_information(model, image, prompt: str, word: str, n: int | str = 64,
                                    form: str = "standard", seed: int = 0, policy: str = "delete",
-                                   **kwargs) -> InfoResult:
+                                   occurrence: int | None = None, **kwargs) -> InfoResult:
     """i(x; word | rest of the prompt) in nats, with its per-pixel map: the prompt with and without
-    the word (two conditions per sample; the empty prompt is not evaluated)."""
+    the word (two conditions per sample; the empty prompt is not evaluated). A repeated word is
+    removed everywhere unless ``occurrence`` (0-based) picks one (see :func:`prompt_information`)."""
     return prompt_information(model, image, prompt, words=[word], n=n, form=form, seed=seed, policy=policy,
-                              include_prompt=False, **kwargs).words[word]
+                              include_prompt=False, occurrence=None if occurrence is None else {word: occurrence},
+                              **kwargs).words[word]
 
 
 @dataclass
@@ -114,6 +141,7 @@ class CaptionScores:
         return int(np.argmax(self.values))
 
 
+@validated
 @cached("info")
 def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "standard", seed: int = 0,
                    batch_size: int = 32, sampler: LogSNRSampler | None = None) -> CaptionScores:
@@ -126,7 +154,7 @@ def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "
     makes to the prediction, a conflicting one included, so it ranks conflicting captions high
     (measured in lesson 01 and ``tests/test_captions.py``)."""
     if not captions:
-        raise ValueError("give at least one caption to score")
+        raise ArgumentError("captions=[]: give at least one caption to score")
     x = model.latent_of(image)
     cond_all = model.encode_text([""] + list(captions))
     conds = {"null": cond_all[:1]}
@@ -142,6 +170,7 @@ def caption_scores(model, image, captions: list[str], n: int = 64, form: str = "
     return CaptionScores(list(captions), values, np.array([r.stderr for r in rs]), diff_se, form)
 
 
+@validated
 @cached("info")
 def caption_margins(model, image, true_caption: str, others: list[str], n: int = 32, form: str = "standard",
                     seed: int = 0, batch_size: int = 32, sampler: LogSNRSampler | None = None) -> list[InfoResult]:
@@ -150,7 +179,7 @@ def caption_margins(model, image, true_caption: str, others: list[str], n: int =
     this equals the difference of the two captions' scores exactly, and needs no empty prompt (one
     condition fewer than :func:`caption_scores`). Positive: the true caption explains the image better."""
     if not others:
-        raise ValueError("give at least one other caption to compare with")
+        raise ArgumentError("others=[]: give at least one other caption to compare with")
     x = model.latent_of(image)
     enc = model.encode_text([true_caption] + list(others))
     conds = {"true": enc[:1]}

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .info import prompt_information
 from .metrics import bootstrap_ci, pearson
 from .cache import cached
+from .validate import validated
 
 
 def _ddim(model, inverse: bool, steps: int):
@@ -28,6 +29,7 @@ def _ddim(model, inverse: bool, steps: int):
     return sched
 
 
+@validated
 @torch.no_grad()
 def ddim_invert(model, latent: torch.Tensor, prompt: str, steps: int = 25) -> torch.Tensor:
     """Noise latent that the deterministic DDIM sampler (no guidance) maps back to ``latent``."""
@@ -40,6 +42,7 @@ def ddim_invert(model, latent: torch.Tensor, prompt: str, steps: int = 25) -> to
     return z
 
 
+@validated
 @torch.no_grad()
 def ddim_sample(model, noise: torch.Tensor, prompts: list[str], steps: int = 25) -> torch.Tensor:
     """Deterministic DDIM sampling without guidance from the same ``noise`` (1, C, h, w) for each
@@ -75,6 +78,7 @@ class InterventionResult:
         }
 
 
+@validated
 @cached("studies")
 def intervention_study(model, images, prompts: list[str], words: list[str], n: int = 32, steps: int = 25,
                        seed: int = 0, policy: str = "delete", form: str = "orthogonal") -> InterventionResult:

@@ -24,6 +24,7 @@ from .attention import word_attention_maps
 from .info import prompt_information
 from .metrics import auroc, iou, minmax, upsample
 from .cache import cached
+from .validate import ArgumentError, validated
 
 METHODS = ("cmi", "cmi smoothed", "mi", "attention", "attention+cmi", "whole image")
 THRESHOLDS = np.linspace(0.1, 0.5, 50)
@@ -49,7 +50,7 @@ class LocalisationResult:
         keep = np.array([kind is None or r.get("kind") == kind for r in self.records], bool)
         if not keep.any():
             kinds = sorted({str(r.get("kind")) for r in self.records})
-            raise ValueError(f"no records of kind {kind!r}; the kinds here are {kinds}")
+            raise ArgumentError(f"no records of kind {kind!r}; the kinds here are {kinds}")
         recs = [r for r, k in zip(self.records, keep) if k]
         n = len(recs)
         image = np.array([r["image"] for r in recs])
@@ -104,6 +105,7 @@ def score_maps(maps: dict[str, np.ndarray], mask: np.ndarray) -> tuple[dict, dic
     return curves, aucs
 
 
+@validated
 @cached("studies")
 def localisation_study(model, images: np.ndarray, cases: list[LocalisationCase], n: int = 32,
                        attention_n: int = 8, seed: int = 0, batch_size: int = 32,
@@ -115,9 +117,9 @@ def localisation_study(model, images: np.ndarray, cases: list[LocalisationCase],
     from scipy.ndimage import gaussian_filter
 
     if not smooth > 0:
-        raise ValueError(f"smooth must be a positive σ in latent pixels, got {smooth!r}")
+        raise ArgumentError(f"smooth must be a positive σ in latent pixels, got {smooth!r}")
     if len(images) != len(cases):
-        raise ValueError(f"{len(images)} images for {len(cases)} cases; give one LocalisationCase per image")
+        raise ArgumentError(f"{len(images)} images for {len(cases)} cases; give one LocalisationCase per image")
     records, curves = [], {m: [] for m in METHODS}
     for k, (case, image) in enumerate(tqdm(list(zip(cases, images)), desc="localisation", leave=False)):
         if not case.targets:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .validate import ArgumentError
+
 
 def minmax(m: np.ndarray) -> np.ndarray:
     """Map rescaled to [0, 1] (a constant map becomes zeros)."""
@@ -80,7 +82,7 @@ def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, data_range: float = 2
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"ssim needs images of one shape, got {a.shape} and {b.shape}")
+        raise ArgumentError(f"ssim needs images of one shape, got {a.shape} and {b.shape}")
     if a.ndim == 3:
         return float(np.mean([ssim(a[..., c], b[..., c], sigma, data_range) for c in range(a.shape[2])]))
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2

@@ -24,7 +24,8 @@ import torch
 
 from .errors import (DeviceUnavailableError, EmptyPromptError, ImageFormatError, ModelNotFoundError,
                      NonFiniteError, UnsupportedModelError)
-from .text import TokenizedPrompt, check_prompt, remove_word, tokenize
+from .text import TokenizedPrompt, check_prompt, remove_word, tokenize, warn_unknown_words
+from .validate import ArgumentError, seeds as seed_list, validated
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 TOY_MODEL_DIR = Path(os.environ.get("NBHELPERS_TOY_MODEL", PACKAGE_ROOT.parent / "data" / "models" / "toy"))
@@ -62,7 +63,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceUnavailableError(f"device={device!r} is not a device name; use 'auto' (the best available), 'cpu', "
+                                     "'cuda', 'cuda:0' or 'mps'") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceUnavailableError(f"device={str(device)!r} is not supported; use 'auto', 'cpu', 'cuda' or 'mps'")
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available() \
+            and dev.index >= torch.cuda.device_count():
+        raise DeviceUnavailableError(f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                     f"device(s), numbered 0..{torch.cuda.device_count() - 1}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailableError(
             f"device={str(device)!r} was asked for but CUDA is not available on this machine "
@@ -70,6 +81,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise DeviceUnavailableError(f"device={str(device)!r} was asked for but MPS is not available; use 'auto' or 'cpu'")
     return dev
+
+
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """None (the device's default), a floating torch dtype, or its name ("float32", "float16", "bfloat16";
+    "torch.float16", "fp16", "half" and "bf16" also)."""
+    if dtype is None or dtype in FLOAT_DTYPES.values():
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.strip().lower().removeprefix("torch.")
+        name = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16",
+                "bf16": "bfloat16"}.get(name, name)
+        if name in FLOAT_DTYPES:
+            return FLOAT_DTYPES[name]
+    raise ArgumentError(f"dtype={dtype!r} is not a floating-point type a pipeline can run in; use one of "
+                        f"{', '.join(FLOAT_DTYPES)} (e.g. dtype='float32', or torch.float16 on a GPU)")
 
 
 @contextlib.contextmanager
@@ -108,6 +137,16 @@ def _resolve_source(name_or_path: str) -> tuple[str, bool]:
     return src, False
 
 
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The folder of ``repo_id`` in the local Hugging Face cache, or None (nothing is downloaded)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached (or an id the hub library refuses): from_pretrained reports it
+        return None
+
+
 def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dtype | str | None = None,
                **pipeline_kwargs) -> "DiffusionModel":
     """Load a Stable-Diffusion-layout pipeline with ``from_pretrained`` and wrap it.
@@ -119,6 +158,10 @@ def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dty
     (:class:`nbhelpers.toyworld.oracle.WorldDenoiser`, float32; extra keyword arguments go to it), with
     the same prompt interface, so every information estimate on a world picture has an exact answer.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ModelNotFoundError(f"name_or_path={name_or_path!r} is not a model name or a folder; give 'toy', a folder "
+                                 f"written by save_pretrained, a Hugging Face id, or one of {sorted(ALIASES)}")
+    name_or_path = os.fspath(name_or_path)
     if name_or_path == ORACLE:
         from .toyworld.oracle import WorldDenoiser
 
@@ -127,11 +170,17 @@ def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dty
         from diffusers import StableDiffusionPipeline
 
     dev = resolve_device(device)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = resolve_dtype(dtype)
     dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
     src, local = _resolve_source(name_or_path)
+    from .model_folder import check_model_folder
+
+    if not local:  # a Hugging Face id: check the cached copy the same way, if there is one
+        cached_copy = _cached_snapshot(src)
+        if cached_copy is not None:
+            check_model_folder(cached_copy)
     if local:
+        check_model_folder(Path(src))
         index = json.loads((Path(src) / "model_index.json").read_text())
         if "text_encoder_2" in index:
             raise UnsupportedModelError(f"{name_or_path!r} is an SDXL pipeline; SDXL support is planned, "
@@ -248,8 +297,11 @@ class DiffusionModel:
 
     # -- text ------------------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> TokenizedPrompt:
-        """Tokens and word spans of ``prompt`` (raises if it is too long)."""
-        return tokenize(self.tokenizer, prompt, self.max_tokens)
+        """Tokens and word spans of ``prompt`` (raises if it is too long). Words the tokenizer does not know
+        (see :func:`nbhelpers.text.unknown_words`) give an :class:`~nbhelpers.text.UnknownWordWarning`."""
+        tp = tokenize(self.tokenizer, prompt, self.max_tokens)
+        warn_unknown_words(self.tokenizer, tp)
+        return tp
 
     def remove_word(self, prompt: str, word: str, policy: str = "delete", replacement: str = "_",
                     occurrence: int | None = None) -> str:
@@ -298,12 +350,12 @@ class DiffusionModel:
         if a.numel() == 1:
             a = a.expand(b)
         if a.numel() != b:
-            raise ValueError(f"logsnr has {a.numel()} values for a batch of {b}")
+            raise ArgumentError(f"logsnr has {a.numel()} values for a batch of {b}")
         cond = self.null_condition() if cond is None else cond
         if cond.shape[0] == 1 and b > 1:
             cond = cond.expand(b, *cond.shape[1:])
         if cond.shape[0] != b:
-            raise ValueError(f"cond has batch {cond.shape[0]} but z has batch {b}; give one condition or one per sample")
+            raise ArgumentError(f"cond has batch {cond.shape[0]} but z has batch {b}; give one condition or one per sample")
         t = self.timestep_of(a)
         outs = []
         step = max_batch or b
@@ -344,10 +396,19 @@ class DiffusionModel:
 
     # -- images --------------------------------------------------------------------------------------
     def _image_tensor(self, image) -> torch.Tensor:
-        """(B, 3, H, W) float in [-1, 1] from a PIL image, uint8/float array or tensor, or a list."""
+        """(B, 3, H, W) float in [-1, 1] from a PIL image, an array or tensor, or a list of them.
+
+        Accepted, and nothing else (never misread):
+        - PIL images in mode RGB;
+        - numpy arrays (H, W, 3) or (B, H, W, 3): uint8 0..255, or float 0..1;
+        - tensors (3, H, W) or (B, 3, H, W): uint8 0..255 (converted as arrays are), or float in [-1, 1]
+          (diffusers' convention). A float tensor outside [-1, 1] (e.g. 0..255) is refused with the fix.
+        """
         from PIL import Image
 
         if isinstance(image, (list, tuple)):
+            if not image:
+                raise ImageFormatError("no images given (an empty list); give one image or a list of them")
             return torch.cat([self._image_tensor(im) for im in image])
         if isinstance(image, Image.Image):
             if image.mode != "RGB":
@@ -358,23 +419,47 @@ class DiffusionModel:
             if arr.ndim == 3:
                 arr = arr[None]
             if arr.ndim != 4 or arr.shape[-1] != 3:
-                raise ImageFormatError(f"expected an RGB array (H, W, 3) or (B, H, W, 3), got shape {image.shape}; "
-                                       "convert grey or RGBA images to RGB first")
+                hint = (" (channels first: use array.transpose(1, 2, 0))" if arr.ndim == 4 and arr.shape[1] == 3
+                        else "; convert grey or RGBA images to RGB first")
+                raise ImageFormatError(f"expected an RGB array (H, W, 3) or (B, H, W, 3), got shape {image.shape}{hint}")
+            if arr.shape[0] == 0:
+                raise ImageFormatError(f"no images given (an array of shape {image.shape})")
             if arr.dtype == np.uint8:
                 x = torch.from_numpy(arr.astype(np.float32) / 127.5 - 1)
-            elif arr.dtype.kind == "f" and arr.min() >= 0 and arr.max() <= 1:
+            elif arr.dtype.kind == "f" and np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1:
                 x = torch.from_numpy(arr.astype(np.float32) * 2 - 1)
             else:
-                raise ImageFormatError(f"a {arr.dtype} image must be uint8 (0..255) or float in 0..1; "
-                                       f"got values {arr.min()}..{arr.max()}")
+                lo, hi = (arr.min(), arr.max()) if arr.dtype.kind in "fiub" else ("?", "?")
+                raise ImageFormatError(f"a {arr.dtype} image array must be uint8 (0..255) or float in 0..1; got values "
+                                       f"{lo}..{hi}. For 0..255 floats use array.astype('uint8'); for [-1, 1] floats "
+                                       "use (array + 1) / 2")
             x = x.permute(0, 3, 1, 2)
         elif isinstance(image, torch.Tensor):
             x = image if image.ndim == 4 else image[None]
-            if x.shape[1] != 3:
-                raise ImageFormatError(f"a tensor image must be (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
+            if x.ndim != 4 or x.shape[1] != 3:
+                hint = " (channels last: use tensor.permute(0, 3, 1, 2))" if x.ndim == 4 and x.shape[-1] == 3 else ""
+                raise ImageFormatError(f"a tensor image must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}{hint}")
+            if x.shape[0] == 0:
+                raise ImageFormatError(f"no images given (a tensor of shape {tuple(image.shape)})")
+            if x.dtype == torch.uint8:  # documented conversion, as for uint8 arrays
+                x = x.float() / 127.5 - 1
+            elif not x.is_floating_point():
+                raise ImageFormatError(f"a {x.dtype} image tensor is ambiguous; give uint8 0..255 or float in [-1, 1]")
+            else:
+                x = x.detach().float()
+                lo, hi = float(x.min()), float(x.max())
+                if not (np.isfinite(lo) and np.isfinite(hi)):
+                    raise ImageFormatError("the image tensor holds NaN or infinite values")
+                if lo < -1.001 or hi > 1.001:
+                    raise ImageFormatError(
+                        f"a float image tensor must be in [-1, 1] (diffusers' convention); got values {lo:g}..{hi:g}. "
+                        "For 0..255 use tensor / 127.5 - 1 (or pass it as uint8); for 0..1 use tensor * 2 - 1")
+                x = x.clamp(-1, 1)
         else:
             raise ImageFormatError(f"cannot read an image from {type(image).__name__}; give a PIL image, a numpy "
-                                   "array (H, W, 3) or a tensor (B, 3, H, W)")
+                                   "array (H, W, 3) or a tensor (B, 3, H, W)" +
+                                   (" (open a file with PIL.Image.open(path).convert('RGB'))"
+                                    if isinstance(image, (str, os.PathLike)) else ""))
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise ImageFormatError(
                 f"the image is {x.shape[-1]}x{x.shape[-2]} pixels but this model works at {self.image_size}x"
@@ -408,6 +493,7 @@ class DiffusionModel:
         return torch.stack([torch.randn(self.latent_shape, generator=torch.Generator("cpu").manual_seed(int(s)))
                             for s in seeds])
 
+    @validated(skip=("prompt",), rules={"seed": seed_list})
     def generate(self, prompt: str | list[str] | None, seed: int | list[int] = 0, steps: int = 25,
                  guidance: float = 3.0, trajectory: bool = False, latents: torch.Tensor | None = None,
                  negative_prompt: str | list[str] | None = None, cond: torch.Tensor | None = None) -> Generation:
@@ -419,10 +505,14 @@ class DiffusionModel:
         the scheduler's step). ``cond``: text-encoder hidden states (1 or one per seed) to generate from
         instead of a prompt (e.g. a learned pseudo-token), with the empty prompt as the negative.
         Returns a :class:`Generation`."""
+        if latents is not None and (not isinstance(latents, torch.Tensor) or latents.ndim != 4
+                                    or tuple(latents.shape[1:]) != self.latent_shape):
+            raise ImageFormatError(f"latents must be a tensor (B, {', '.join(map(str, self.latent_shape))}), got "
+                                   f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
         if cond is not None:
             seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed)]
             if cond.shape[0] not in (1, len(seeds)):
-                raise ValueError(f"cond has batch {cond.shape[0]}; give 1 or one per seed ({len(seeds)})")
+                raise ArgumentError(f"cond has batch {cond.shape[0]}; give 1 or one per seed ({len(seeds)})")
             c = cond.detach().expand(len(seeds), *cond.shape[1:]) if cond.shape[0] == 1 else cond.detach()
             null = self.null_condition().expand(len(seeds), *cond.shape[1:])
             embeds = dict(prompt_embeds=c.to(self.device, self.dtype), negative_prompt_embeds=null.to(self.device, self.dtype))
@@ -431,6 +521,9 @@ class DiffusionModel:
             prompts = [""]
         else:
             prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
+            if not prompts:
+                raise EmptyPromptError("prompt=[] is an empty list; give a caption, a list of captions, or None for "
+                                       "unconditional samples")
             for p in prompts:
                 check_prompt(p)
                 if not p.strip():
@@ -442,7 +535,7 @@ class DiffusionModel:
             if len(prompts) == 1:
                 prompts = prompts * len(seeds)
             else:
-                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt or one in all")
+                raise ArgumentError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt or one in all")
         return self._run_pipe(prompts, seeds, steps, guidance, trajectory, latents,
                               dict(prompt=prompts, negative_prompt=negative_prompt))
 

@@ -10,7 +10,7 @@ lists (an entry ``[null, null]`` is an absent component):
 - ``model_index.json`` itself is readable JSON (a mapping);
 - the component's subfolder exists;
 - a model (unet, vae, text_encoder, transformer, text_encoder_2, ...) has ``config.json`` and weights in
-  safetensors format; weights only in pickle-based formats (``.bin``, ``.pt``, ``.pth``, ``.ckpt``,
+  safetensors format; weights only in code-carrying formats (``.bin``, ``.pt``, ``.pth``, ``.ckpt``,
   ``.pkl``) are refused, since unpickling can run arbitrary code; each ``.safetensors`` file's header
   is parsed and the file's size must be exactly what the header describes (a truncated or garbled file
   is caught); a sharded model's ``*.safetensors.index.json`` must name only shards that are present;
@@ -47,10 +47,10 @@ class CorruptModelFileError(ModelFolderError):
 
 
 class UnsafeWeightsError(ModelFolderError):
-    """Weights only in a pickle-based format (``.bin``, ``.pt``, ``.ckpt``): refused, safetensors only."""
+    """Weights only in a code-carrying format (``.bin``, ``.pt``, ``.ckpt``): refused, safetensors only."""
 
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CODE_CARRYING_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Components that load_model replaces with None, so their files are never read.
 NOT_LOADED = ("safety_checker", "feature_extractor")
 _MAX_HEADER = 100_000_000  # the safetensors library's own limit on the JSON header
@@ -149,12 +149,12 @@ def _check_weights(sub: Path, label: str, problems: list) -> None:
     files = sorted(p for p in sub.iterdir() if p.is_file() or p.is_symlink())
     safetensors = [p for p in files if p.name.endswith(".safetensors")]
     indices = [p for p in files if p.name.endswith(".safetensors.index.json")]
-    pickles = [p for p in files if p.name.endswith(PICKLE_SUFFIXES) or p.name.endswith(".bin.index.json")]
+    unsafe = [p for p in files if p.name.endswith(CODE_CARRYING_SUFFIXES) or p.name.endswith(".bin.index.json")]
     if not safetensors and not indices:
-        if pickles:
-            names = ", ".join(str(p) for p in pickles)
+        if unsafe:
+            names = ", ".join(str(p) for p in unsafe)
             problems.append((UnsafeWeightsError,
-                             f"{label} has weights only in a pickle-based format ({names}): safetensors only, since "
+                             f"{label} has weights only in a code-carrying format ({names}): safetensors only, since "
                              "unpickling a file can run arbitrary code. Convert them where a trusted machine can load "
                              "them: DiffusionPipeline.from_pretrained(folder, use_safetensors=False)"
                              ".save_pretrained(new_folder, safe_serialization=True) (or the same with the component's "

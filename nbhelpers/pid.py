@@ -28,6 +28,7 @@ import torch
 
 from .immse import InfoResult, LogSNRSampler, combined_stderr, information_terms
 from .cache import cached
+from .validate import ArgumentError, validated
 
 TERMS = ("redundancy", "unique1", "unique2", "synergy")
 CONTEXTS = ("rest", "none")
@@ -110,14 +111,15 @@ class PIDResult:
                 "values": self.values, "stderr": self.stderr, "params": self.params}
 
 
+@validated
 def pid_prompts(model, prompt: str, word1: str, word2: str, context: str = "rest", policy: str = "delete") -> dict:
     """The four prompts of a (C)PID: context only, +word1, +word2, and both."""
     if context not in CONTEXTS:
-        raise ValueError(f"context must be one of {CONTEXTS}, not {context!r}")
+        raise ArgumentError(f"context={context!r} is not one of {CONTEXTS}")
     tp = model.tokenize(prompt)
     w1, w2 = tp.find(word1)[0], tp.find(word2)[0]  # raise a clear error if missing
     if set(w1.tokens) & set(w2.tokens):
-        raise ValueError(f"{word1!r} and {word2!r} overlap in {prompt!r}; pick two different words")
+        raise ArgumentError(f"word1={word1!r} and word2={word2!r} overlap in {prompt!r}; pick two different words")
     if context == "rest":
         without1 = model.remove_word(prompt, word1, policy=policy)
         without2 = model.remove_word(prompt, word2, policy=policy)
@@ -127,6 +129,7 @@ def pid_prompts(model, prompt: str, word1: str, word2: str, context: str = "rest
     return {"c": "", "c+y1": word1, "c+y2": word2, "c+y1+y2": both}
 
 
+@validated
 @cached("pid")
 def partial_information(model, image, prompt: str, word1: str, word2: str, context: str = "rest", n: int = 64,
                         form: str = "orthogonal", seed: int = 0, policy: str = "delete", batch_size: int = 32,
@@ -155,6 +158,7 @@ def partial_information(model, image, prompt: str, word1: str, word2: str, conte
                      dict(res["i1"].params, prompt=prompt, policy=policy))
 
 
+@validated
 def pid_table(model, items: list[tuple], n: int = 32, seed: int = 0, context: str = "rest"):
     """PID of many (image, prompt, word1, word2, label) items: a pandas table with R, U1, U2, S, i12
     (nats) and the redundant share, one row per item."""
@@ -194,10 +198,28 @@ PUBLISHED_IMIN_BITS = {
 }
 
 
+def textbook_errors(table):
+    """From a long table (case, term, source "estimated"/"published", bits, stderr_bits) one row per
+    (case, term): estimated, published, stderr_bits, error (estimated − published, bits) and z (error in
+    standard errors; 0 where both are exact)."""
+    wide = table.pivot_table(index=["case", "term"], columns="source", values=["bits", "stderr_bits"])
+    out = wide["bits"][["estimated", "published"]].copy()
+    out["stderr_bits"] = wide["stderr_bits"]["estimated"]
+    out["error"] = out["estimated"] - out["published"]
+    se = out["stderr_bits"].where(out["stderr_bits"] > 0)
+    out["z"] = (out["error"] / se).fillna(0.0)
+    return out.reset_index()
+
+
 def discrete_pid_with_denoiser(p_joint: np.ndarray, support: torch.Tensor, n: int = 20000, seed: int = 0,
-                               sampler: LogSNRSampler | None = None) -> dict:
+                               sampler: LogSNRSampler | None = None, n_draws: int = 400) -> dict:
     """Population-level I_min PID (nats) of a discrete case, with every pointwise term estimated by
-    the I-MMSE estimator (standard form, unbiased per x) on the exact discrete denoiser."""
+    the I-MMSE estimator (standard form, unbiased per x) on the exact discrete denoiser.
+
+    Returns the terms of :func:`williams_beer_pid` and, under ``"stderr"``, each term's standard error:
+    the pointwise estimates are independent (each its own seed) with known standard errors, and the
+    PID (a weighted sum with a minimum) is recomputed on ``n_draws`` normal perturbations of them
+    (seed-fixed), so a check against the exact values can use a tolerance of a few standard errors."""
     from .closed_form import DiscreteDenoiser
 
     den = DiscreteDenoiser(support)
@@ -211,16 +233,28 @@ def discrete_pid_with_denoiser(p_joint: np.ndarray, support: torch.Tensor, n: in
 
     cache: dict = {}
 
-    def term(x, cond_p):
+    def estimate(x, cond_p):
         key = (x, tuple(np.round(cond_p / cond_p.sum(), 12)))
         if key not in cache:
             r = information_terms(den, den.latents(x), {"w": logp(px), "s": logp(cond_p)}, {"i": ("w", "s")}, n=n,
                                   form="standard", sampler=sampler, batch_size=n, seed=seed + len(cache),
                                   keep_map=False, progress=False)["i"]
-            cache[key] = r.value
+            cache[key] = (len(cache), r.value, r.stderr)
         return cache[key]
 
-    i1 = lambda x, a: term(x, p[:, a, :].sum(1))  # noqa: E731
-    i2 = lambda x, b: term(x, p[:, :, b].sum(1))  # noqa: E731
-    i12 = lambda x, a, b: term(x, p[:, a, b])  # noqa: E731
-    return williams_beer_pid(p, i1, i2, i12)
+    def pid_with(values):
+        def term(x, cond_p):
+            return values[estimate(x, cond_p)[0]]
+
+        return williams_beer_pid(p, lambda x, a: term(x, p[:, a, :].sum(1)), lambda x, b: term(x, p[:, :, b].sum(1)),
+                                 lambda x, a, b: term(x, p[:, a, b]))
+
+    out = williams_beer_pid(p, lambda x, a: estimate(x, p[:, a, :].sum(1))[1],
+                            lambda x, b: estimate(x, p[:, :, b].sum(1))[1], lambda x, a, b: estimate(x, p[:, a, b])[1])
+    entries = sorted(cache.values())
+    value = np.array([v for _, v, _ in entries])
+    se = np.array([s for _, _, s in entries])
+    rng = np.random.default_rng(seed)
+    draws = [pid_with(value + se * rng.standard_normal(len(value))) for _ in range(n_draws)]
+    out["stderr"] = {k: float(np.std([d[k] for d in draws], ddof=1)) for k in out}
+    return out

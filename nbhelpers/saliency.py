@@ -35,6 +35,7 @@ from .cache import cached
 from .hooks import module_hooks
 from .metrics import ssim
 from .timesteps import Trace
+from .validate import ArgumentError, validated
 
 
 # -- saliency at one step ---------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ def _pred_x0(model, z, a, cond, max_batch):
 def _check_step(tr: Trace, step: int) -> int:
     step = int(step)
     if not 0 <= step < tr.n_steps:
-        raise ValueError(f"step {step} is outside 0..{tr.n_steps - 1} (this trace has {tr.n_steps} steps)")
+        raise ArgumentError(f"step {step} is outside 0..{tr.n_steps - 1} (this trace has {tr.n_steps} steps)")
     return step
 
 
@@ -72,6 +73,7 @@ def _similarity_rows(a: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.flatten(1), ref.flatten(1).expand(a.shape[0], -1), dim=1)
 
 
+@validated
 @torch.no_grad()
 @cached("timesteps")
 def rise_saliency(model, tr: Trace, step: int, n_masks: int = 256, p: float = 0.5, cells: int = 4, seed: int = 0,
@@ -80,7 +82,7 @@ def rise_saliency(model, tr: Trace, step: int, n_masks: int = 256, p: float = 0.
     ``cells``×``cells`` cells kept with probability ``p``, bilinearly upsampled with a random shift."""
     step = _check_step(tr, step)
     if not 0 < p < 1:
-        raise ValueError(f"p must be in (0, 1), got {p}")
+        raise ArgumentError(f"p must be in (0, 1), got {p}")
     h, w = model.latent_shape[-2:]
     g = torch.Generator().manual_seed(int(seed))
     grid = (torch.rand(n_masks, 1, cells, cells, generator=g) < p).float()
@@ -109,6 +111,7 @@ def unet_blocks(model) -> list[str]:
             + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))])
 
 
+@validated
 @cached("timesteps")
 def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None = None,
                      weighting: str = "hires") -> Saliency:
@@ -120,12 +123,12 @@ def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None 
     ReLU(Σ_k mean(∂s/∂A_k)·A_k). Map (h, w), ≥ 0, at latent resolution."""
     step = _check_step(tr, step)
     if weighting not in ("hires", "gradcam"):
-        raise ValueError(f"weighting must be 'hires' or 'gradcam', not {weighting!r}")
+        raise ArgumentError(f"weighting must be 'hires' or 'gradcam', not {weighting!r}")
     names = unet_blocks(model)
     blocks = [block] if isinstance(block, str) else list(block or [names[-2]])
     for b in blocks:
         if b not in names:
-            raise ValueError(f"unknown UNet block {b!r}; choose one of {names}")
+            raise ArgumentError(f"unknown UNet block {b!r}; choose one of {names}")
     modules = dict(model.pipe.unet.named_modules())
     acts: dict[str, torch.Tensor] = {}
     with contextlib.ExitStack() as stack:  # the blocks' activations, through the hook layer
@@ -193,6 +196,7 @@ class Faithfulness:
                 "random_insertion_auc": self.random_insertion_auc}
 
 
+@validated
 @torch.no_grad()
 @cached("timesteps")
 def faithfulness(model, tr: Trace, saliency: Saliency, n_points: int = 11, n_random: int = 4, seed: int = 0,

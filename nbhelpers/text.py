@@ -16,6 +16,7 @@ documented policies:
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 from .errors import EmptyPromptError, PromptError, PromptTooLongError, WordNotInPromptError
@@ -80,6 +81,51 @@ def tokenize(tokenizer, prompt: str, max_length: int | None = None) -> Tokenized
     return TokenizedPrompt(prompt, tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids)), tuple(words))
 
 
+class UnknownWordWarning(UserWarning):
+    """A prompt holds text the tokenizer does not know (unknown tokens, or a word spelled out letter by letter)."""
+
+
+class RepeatedWordWarning(UserWarning):
+    """A word asked for occurs several times in its prompt and every occurrence is used (say which with
+    ``occurrence=``)."""
+
+
+def _piece(token: str) -> str:
+    return token.removesuffix("</w>")
+
+
+def unknown_words(tokenizer, tp: TokenizedPrompt) -> dict[str, tuple[str, ...]]:
+    """Words of ``tp`` the tokenizer does not know, with the tokens each became: a word holding the unknown
+    token, or a word of three or more characters spelled out one character per token (a word the model's
+    vocabulary lacks, e.g. "rouge" on the toy model, whose tokenizer knows only the world's words). Text
+    outside words that became unknown tokens (an emoji) is listed under ``"(outside words)"``."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    inner = range(1, max(1, tp.n_tokens - 1))  # without the start and end tokens (CLIP's unk is its end token)
+    out: dict[str, tuple[str, ...]] = {}
+    in_words = set()
+    for w in tp.words:
+        in_words.update(w.tokens)
+        pieces = tuple(tp.tokens[i] for i in w.tokens)
+        has_unk = unk is not None and any(tp.input_ids[i] == unk for i in w.tokens if i in inner)
+        spelled = len(w.text) >= 3 and len(w.tokens) == len(w.text) and all(len(_piece(p)) == 1 for p in pieces)
+        if (has_unk or spelled or not w.tokens) and w.text not in out:
+            out[w.text] = pieces
+    stray = tuple(tp.tokens[i] for i in inner if unk is not None and tp.input_ids[i] == unk and i not in in_words)
+    if stray:
+        out["(outside words)"] = stray
+    return out
+
+
+def warn_unknown_words(tokenizer, tp: TokenizedPrompt) -> None:
+    """Warn (:class:`UnknownWordWarning`, once per word and location) about :func:`unknown_words`: values for
+    such words are measured on tokens the model never learned as a word."""
+    for word, pieces in unknown_words(tokenizer, tp).items():
+        warnings.warn(f"{word!r} in the prompt {tp.prompt!r} is not a word this tokenizer knows: it became the "
+                      f"tokens {' '.join(pieces) or '(none)'}. Results for it describe those tokens, which the model "
+                      "may never have learned as a word; use words of the model's vocabulary",
+                      UnknownWordWarning, stacklevel=3)
+
+
 def _word_spans(prompt: str) -> list[Word]:
     """The prompt's words with their character spans and occurrence numbers (no tokens)."""
     counts: dict[str, int] = {}
@@ -127,7 +173,7 @@ def remove_word(prompt: str, word: str, policy: str = "delete", replacement: str
     """``prompt`` with ``word`` (every occurrence unless one is picked) removed by ``policy``
     ("delete" or "replace", see the module docstring). Raises if the word is not in the prompt."""
     if policy not in REMOVAL_POLICIES:
-        raise ValueError(f"unknown removal policy {policy!r}; use one of {REMOVAL_POLICIES}")
+        raise PromptError(f"policy={policy!r} is not a removal policy; use one of {REMOVAL_POLICIES}")
     check_prompt(prompt)
     if tokenizer is not None:
         tp = tokenize(tokenizer, prompt)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from .attention import AttentionStore, attention_probs_with_grad, capture_cross_attention
 from .cache import cached
 from .errors import WordNotInPromptError
+from .validate import ArgumentError, seeds as seed_list, validated
 
 
 # -- schedules ----------------------------------------------------------------------------------------
@@ -38,9 +39,9 @@ def step_schedule(n_steps: int, n: int, focus: str = "uniform") -> list[int]:
     spaced so that they crowd the start (``"early"``: the noisy, semantic steps) or the end
     (``"late"``: the detail steps)."""
     if focus not in ("uniform", "early", "late"):
-        raise ValueError(f"focus must be 'uniform', 'early' or 'late', not {focus!r}")
+        raise ArgumentError(f"focus must be 'uniform', 'early' or 'late', not {focus!r}")
     if not 1 <= n <= n_steps:
-        raise ValueError(f"n must be between 1 and n_steps={n_steps}, got {n}")
+        raise ArgumentError(f"n must be between 1 and n_steps={n_steps}, got {n}")
     if focus == "uniform":
         idx = np.linspace(0, n_steps - 1, n)
     else:
@@ -90,7 +91,7 @@ class Trace:
         """Decoded images of every step, uint8 (S, H, W, 3): ``"pred_x0"`` (predicted clean image)
         or ``"latent"`` (x_t). Decoded once, on first use."""
         if which not in ("pred_x0", "latent"):
-            raise ValueError(f"which must be 'pred_x0' or 'latent', not {which!r}")
+            raise ArgumentError(f"which must be 'pred_x0' or 'latent', not {which!r}")
         if which not in self._decoded:
             lat = torch.cat([getattr(s, which) for s in self.generation.trajectory])
             self._decoded[which] = self.generation._model.decode(lat)
@@ -118,6 +119,7 @@ def _words_of(model, prompt: str, words) -> tuple[object, list[str]]:
     return tp, words
 
 
+@validated
 @cached("timesteps")
 def trace(model, prompt: str, seed: int = 0, steps: int = 20, guidance: float = 3.0, words=None,
           budget_mb: float = 256.0) -> Trace:
@@ -179,7 +181,7 @@ class StepRelevance:
         """Row indices of the step indices ``steps`` (each must be one of :attr:`steps`)."""
         missing = [int(k) for k in steps if int(k) not in self.steps]
         if missing:
-            raise ValueError(f"steps {missing} were not analysed; these were: {self.steps}")
+            raise ArgumentError(f"steps {missing} were not analysed; these were: {self.steps}")
         return [self.steps.index(int(k)) for k in steps]
 
     def to_dict(self) -> dict:
@@ -187,6 +189,7 @@ class StepRelevance:
                 "attention": self.attention.tolist(), "influence": self.influence.tolist()}
 
 
+@validated(skip=("steps",))
 @cached("timesteps")
 def word_relevance(model, tr: Trace, steps: list[int] | None = None, layers: str | None = None,
                    max_batch: int = 64) -> StepRelevance:
@@ -195,7 +198,7 @@ def word_relevance(model, tr: Trace, steps: list[int] | None = None, layers: str
     steps = list(range(tr.n_steps)) if steps is None else [int(s) for s in steps]
     for s in steps:
         if not 0 <= s < tr.n_steps:
-            raise ValueError(f"step {s} is outside 0..{tr.n_steps - 1}")
+            raise ArgumentError(f"step {s} is outside 0..{tr.n_steps - 1}")
     tp = model.tokenize(tr.prompt)
     z = torch.cat([tr.latent(s) for s in steps])
     a = torch.tensor(tr.logsnrs[steps], dtype=torch.float64)
@@ -258,7 +261,7 @@ def prediction_change(images: np.ndarray, steps) -> float:
     images = np.asarray(images)
     pairs = [int(k) for k in steps if 0 <= int(k) < len(images) - 1]
     if not pairs:
-        raise ValueError(f"none of the steps {list(steps)} has a next step among {len(images)} images")
+        raise ArgumentError(f"none of the steps {list(steps)} has a next step among {len(images)} images")
     return float(np.mean([np.abs(images[k + 1].astype(float) - images[k].astype(float)).mean() for k in pairs]))
 
 
@@ -307,6 +310,7 @@ class Emergence:
                 "n_images": len(self.prompts)}
 
 
+@validated(rules={"seeds": seed_list})
 @cached("timesteps")
 def concept_emergence(model, prompts: list[str], seeds: list[int] | None = None, steps: int = 20,
                       guidance: float = 1.0, reader=None, attributes=("colour", "position", "size", "shape"),
@@ -318,13 +322,13 @@ def concept_emergence(model, prompts: list[str], seeds: list[int] | None = None,
     conditional predictions; with guidance, early predictions are extrapolations (they decode to
     distorted colours on the toy model)."""
     if reader is None or not callable(reader):
-        raise ValueError("concept_emergence needs reader=, a function image -> {attribute: value} or None that "
+        raise ArgumentError("concept_emergence needs reader=, a function image -> {attribute: value} or None that "
                          "reads the attributes in an image, e.g. the toy world's "
                          "concepts.emergence_reader (got "
                          f"{'nothing' if reader is None else type(reader).__name__})")
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     if len(seeds) != len(prompts):
-        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
+        raise ArgumentError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
     attributes = list(attributes)
     readings = []  # per image: list over steps of dict|None
     logsnrs = None

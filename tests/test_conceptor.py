@@ -176,7 +176,7 @@ def test_bad_input_raises_clear_errors(toy_model, tiny_model):
         C.decompose(tiny_model, "red unicorn", steps=1, n_train=1, n_val=1, vocabulary=["red", "circle"])
     with pytest.raises(ValueError, match="exactly one"):
         C.decompose(toy_model, "nurse", template="a nurse", steps=1, vocabulary=WORLD["vocabulary"])
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="k=0 is out of range"):
         C.decompose(toy_model, "nurse", k=0, **WORLD)
     with pytest.raises(ValueError, match="empty"):
         C.decompose(toy_model, "  ", **WORLD)
@@ -223,9 +223,12 @@ def test_config_holds_the_paper_defaults_and_refuses_bad_settings():
         cfg.replace(step=3)
     with pytest.raises(TypeError, match="unknown Conceptor setting 'learning_rate'"):
         C.decompose(None, "nurse", learning_rate=1.0)  # refused before anything runs
-    for bad in (dict(k=0), dict(steps=-1), dict(batch_size=2.5), dict(eval_every=0), dict(n_val=0)):
-        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be an integer"):
+    for bad in (dict(k=0), dict(steps=-1), dict(batch_size=2.5), dict(eval_every=0), dict(n_val=0), dict(lr=0.0),
+                dict(lr=float("nan")), dict(guidance=0.5), dict(seed=1.5), dict(sparsity=-1.0)):
+        (name, value), = bad.items()
+        with pytest.raises(ValueError, match=f"{name}={value!r}"[:len(name) + 3]):
             C.ConceptorConfig(**bad)
+    assert C.ConceptorConfig(k=np.int64(3), steps=10.0).k == 3  # whole numbers in any integer form
 
 
 def test_train_mixture_validates_at_the_start_every_eval_every_steps_and_at_the_end(tiny_model):

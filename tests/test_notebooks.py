@@ -8,8 +8,14 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_headless(path, tmp_path, monkeypatch):
+# Every lesson's checks must hold for any seed, not the one they were written with: each lesson runs in fast mode
+# with its own default seed and with three others (the checks' tolerances come from standard errors or sample sizes).
+OTHER_SEEDS = (1, 7, 12345)
+RUNS = [(p, None) for p in NOTEBOOKS] + [(p, s) for s in OTHER_SEEDS for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path,seed", RUNS, ids=[f"{p.stem}-seed{'default' if s is None else s}" for p, s in RUNS])
+def test_notebook_runs_headless(path, seed, tmp_path, monkeypatch):
     import papermill
 
     from nbhelpers.report import notebook_parameters
@@ -20,7 +26,10 @@ def test_notebook_runs_headless(path, tmp_path, monkeypatch):
     monkeypatch.setenv("NBHELPERS_HEADLESS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out_dir = tmp_path / "out"
-    papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters={"fast": True, "output_dir": str(out_dir)},
+    run = {"fast": True, "output_dir": str(out_dir)}
+    if seed is not None:
+        run["seed"] = seed
+    papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters=run,
                                cwd=str(path.parent), kernel_name="python3", progress_bar=False)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics.get("model") == "toy"

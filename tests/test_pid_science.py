@@ -28,8 +28,11 @@ def test_estimated_pid_matches_published_values(case):
     p = discrete_pid_case(case)
     support = torch.randn(p.shape[0], 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
     est = discrete_pid_with_denoiser(p, support, n=200_000, seed=0)
+    exact = _exact(p)
     for term, bits in PUBLISHED_IMIN_BITS[case].items():
         assert abs(est[term] / LN2 - bits) < 0.02, (case, term, est[term] / LN2, bits)
+        # and within 4 of its own standard errors of the exact value (the error is honest, not just small)
+        assert abs(est[term] - exact[term]) <= 4 * est["stderr"][term] + 1e-9, (case, term, est[term], exact[term])
 
 
 def test_pointwise_decomposition_and_negative_values():
