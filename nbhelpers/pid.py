@@ -21,6 +21,7 @@ known to over-state redundancy for independent sources (the "copy" case: R = 1 b
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 
 from .immse import InfoResult, LogSNRSampler, combined_stderr, information_terms
 from .cache import cached
+from .text import RepeatedWordWarning
 from .validate import ArgumentError, validated
 
 TERMS = ("redundancy", "unique1", "unique2", "synergy")
@@ -117,7 +119,13 @@ def pid_prompts(model, prompt: str, word1: str, word2: str, context: str = "rest
     if context not in CONTEXTS:
         raise ArgumentError(f"context={context!r} is not one of {CONTEXTS}")
     tp = model.tokenize(prompt)
-    w1, w2 = tp.find(word1)[0], tp.find(word2)[0]  # raise a clear error if missing
+    hits1, hits2 = tp.find(word1), tp.find(word2)  # raise a clear error if missing
+    w1, w2 = hits1[0], hits2[0]
+    if context == "rest":
+        for word, hits in ((word1, hits1), (word2, hits2)):
+            if len(hits) > 1:
+                warnings.warn(f"{word!r} occurs {len(hits)} times in {prompt!r}; the context removes every occurrence "
+                              "(the result's params['occurrences'] records it)", RepeatedWordWarning, stacklevel=3)
     if set(w1.tokens) & set(w2.tokens):
         raise ArgumentError(f"word1={word1!r} and word2={word2!r} overlap in {prompt!r}; pick two different words")
     if context == "rest":
@@ -154,8 +162,10 @@ def partial_information(model, image, prompt: str, word1: str, word2: str, conte
     per_sample = {"redundancy": w[small], "unique1": w["i1"] - w[small], "unique2": w["i2"] - w[small],
                   "synergy": w["i12"] - w[large]}
     stderr = {k: combined_stderr(v, res["i1"].logsnr, res["i1"].params) for k, v in per_sample.items()}
+    tp = model.tokenize(prompt)
+    occurrences = {word1: len(tp.find(word1)), word2: len(tp.find(word2))}
     return PIDResult((word1, word2), context, prompts, res, values, stderr, maps, "nats",
-                     dict(res["i1"].params, prompt=prompt, policy=policy))
+                     dict(res["i1"].params, prompt=prompt, policy=policy, occurrences=occurrences))
 
 
 @validated

@@ -285,3 +285,26 @@ def test_repeated_word_policy_is_shown_and_switchable(tiny_model, img):
         second = info.conditional_mutual_information(tiny_model, img, prompt, "red", n=4, occurrence=1)
     assert second.params["removed"] == 1 and second.params["reduced_prompt"] == "a red circle left of a square"
     assert second.value != every.value
+
+
+def test_repeated_word_in_pid_is_shown(tiny_model, img):
+    prompt = "a red circle left of a red square"
+    with pytest.warns(RepeatedWordWarning, match="'red' occurs 2 times"):
+        r = pid.partial_information(tiny_model, img, prompt, "red", "square", n=4)
+    assert r.params["occurrences"] == {"red": 2, "square": 1}
+    assert r.prompts["c+y2"] == "a circle left of a square"  # the rest without every 'red'
+
+
+def test_validation_runs_before_the_cache(tiny_model, img, tmp_path):
+    from nbhelpers import cache
+
+    cache.configure(enabled=True, directory=tmp_path / "cache")
+    try:
+        with pytest.raises(nbh.NbhelpersError, match="n=0"):
+            info.mutual_information(tiny_model, img, PROMPT, n=0)
+        assert cache.info()["entries"] == 0
+        a = info.mutual_information(tiny_model, img, PROMPT, n=4, seed=3)
+        b = info.mutual_information(tiny_model, img, PROMPT, n=4, seed=np.int64(3))  # the same call: a hit
+        assert cache.info()["entries"] == 1 and a.value == b.value
+    finally:
+        cache.configure()
