@@ -1,14 +1,17 @@
-"""``DiffusionModel``: one adapter over a diffusers Stable-Diffusion-layout pipeline.
+"""``DiffusionModel``: one adapter over a diffusers text-to-image pipeline of any supported family.
 
-The estimators only need the small :class:`Denoiser` protocol; this class satisfies it for any
-``StableDiffusionPipeline`` (the bundled toy model, SD 1.x, SD 2.x; epsilon and v-prediction).
+The estimators only need the small :class:`Denoiser` protocol; this class satisfies it for every
+family in :mod:`nbhelpers.families` (Stable Diffusion 1.x/2.x ε and v, SDXL, SD3/3.5, Flux dev and
+schnell, PixArt-Σ/α): the family supplies the text encoding, the null condition, the conversion of
+the network's output to ε at a continuous log-SNR, the latent layout and the attention hook points.
 
 Conventions (the README's "The `Denoiser` protocol" states them for users):
 
 - log-SNR ``α`` (``logsnr``): the channel is ``z = sqrt(σ(α))·x + sqrt(σ(-α))·ε`` with ``x`` the
   *scaled* VAE latent, so ``σ(α) = ᾱ_t`` of the DDPM schedule.
-- ``eps(z, logsnr, cond)`` returns the epsilon prediction at any real ``α``: the UNet gets the
-  float timestep found by interpolating the scheduler's own table ``log(ᾱ_t / (1 - ᾱ_t))``.
+- ``eps(z, logsnr, cond)`` returns the epsilon prediction at any real ``α``: a DDPM network gets the
+  float timestep found by interpolating the scheduler's own table ``log(ᾱ_t / (1 - ᾱ_t))``; a
+  rectified-flow network gets ``t = σ(−α/2)`` and ``s·z`` (see :mod:`nbhelpers.families.noise`).
 """
 from __future__ import annotations
 
@@ -33,6 +36,12 @@ ALIASES = {
     "toy": str(TOY_MODEL_DIR),
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sd21": "stabilityai/stable-diffusion-2-1-base",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "sd3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "sd35-medium": "stabilityai/stable-diffusion-3.5-medium",
+    "flux-schnell": "black-forest-labs/FLUX.1-schnell",
+    "flux-dev": "black-forest-labs/FLUX.1-dev",
+    "pixart-sigma": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
 }
 ORACLE = "toy-oracle"  # the toy world's exact denoiser (nbhelpers.toyworld.oracle), not a pipeline
 
@@ -147,12 +156,25 @@ def _cached_snapshot(repo_id: str) -> Path | None:
         return None
 
 
-def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dtype | str | None = None,
-               **pipeline_kwargs) -> "DiffusionModel":
-    """Load a Stable-Diffusion-layout pipeline with ``from_pretrained`` and wrap it.
+def _pipeline_class_name(folder: Path | None) -> str | None:
+    if folder is None:
+        return None
+    try:
+        return json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
 
-    ``name_or_path``: "toy" (the bundled model), "sd15", "sd21", a Hugging Face id (from the local
-    cache when offline) or a local folder. ``dtype``: default float32 on CPU, float16 on CUDA.
+
+def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dtype | str | None = None,
+               image_size: int | None = None, cpu_offload: bool = False, **pipeline_kwargs) -> "DiffusionModel":
+    """Load a text-to-image pipeline of a supported family with ``from_pretrained`` and wrap it.
+
+    ``name_or_path``: "toy" (the bundled model), a zoo entry (``sd15``, ``sd21``, ``sdxl``, ``sd3-medium``,
+    ``sd35-medium``, ``flux-schnell``, ``flux-dev``, ``pixart-sigma``: from the local Hugging Face cache
+    when offline), a Hugging Face id or a local folder. ``dtype``: default float32 on CPU, float16 on CUDA
+    (bfloat16 for Flux and SD3.5, whose activations overflow float16). ``image_size``: the pixel size the
+    methods work at (default: the model's own). ``cpu_offload``: diffusers' model CPU offload, for GPUs
+    too small to hold every component at once.
 
     "toy-oracle" is not a pipeline: it is the toy world's exact denoiser in the toy model's latent space
     (:class:`nbhelpers.toyworld.oracle.WorldDenoiser`, float32; extra keyword arguments go to it), with
@@ -167,30 +189,38 @@ def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dty
 
         return WorldDenoiser.build(device=device, **pipeline_kwargs)
     with quiet_transformers():
-        from diffusers import StableDiffusionPipeline
+        import diffusers
+
+    from .families import family_class, supported_pipelines
+    from .model_folder import check_model_folder
 
     dev = resolve_device(device)
     dtype = resolve_dtype(dtype)
-    dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
     src, local = _resolve_source(name_or_path)
-    from .model_folder import check_model_folder
-
-    if not local:  # a Hugging Face id: check the cached copy the same way, if there is one
-        cached_copy = _cached_snapshot(src)
-        if cached_copy is not None:
-            check_model_folder(cached_copy)
-    if local:
-        check_model_folder(Path(src))
-        index = json.loads((Path(src) / "model_index.json").read_text())
-        if "text_encoder_2" in index:
-            raise UnsupportedModelError(f"{name_or_path!r} is an SDXL pipeline; SDXL support is planned, "
-                                        "use an SD 1.x/2.x model for now")
-    kwargs = dict(dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-                  use_safetensors=True)
+    folder = Path(src) if local else _cached_snapshot(src)  # a hub id: its cached copy, if there is one
+    if folder is None and _hf_offline():  # (online, from_pretrained downloads it below)
+        raise ModelNotFoundError(
+            f"the model {name_or_path!r} ({src}) is not in the local Hugging Face cache and offline mode is on "
+            f"(HF_HUB_OFFLINE=1). Download it where there is a network (`hf download {src}`), or pass the path of "
+            "a local copy")
+    if folder is not None:
+        check_model_folder(folder)
+    class_name = _pipeline_class_name(folder)
+    family = family_class(class_name) if class_name else None
+    if class_name and family is None:
+        raise UnsupportedModelError(f"{name_or_path!r} is a {class_name}; the supported pipelines are "
+                                    f"{', '.join(supported_pipelines())}")
+    if dtype is None:
+        dtype = torch.float32 if dev.type != "cuda" else (
+            torch.bfloat16 if (family is not None and family.name == "flux") or "3.5" in src else torch.float16)
+    kwargs = dict(dtype=dtype, use_safetensors=True)
+    if family is None or family.name == "sd":
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     kwargs.update(pipeline_kwargs)
+    pipeline_cls = getattr(diffusers, class_name) if class_name else diffusers.DiffusionPipeline
     try:
         with quiet_transformers():
-            pipe = StableDiffusionPipeline.from_pretrained(src, local_files_only=local or _hf_offline(), **kwargs)
+            pipe = pipeline_cls.from_pretrained(src, local_files_only=local or _hf_offline(), **kwargs)
     except (OSError, EnvironmentError, ValueError) as e:
         if local:
             raise
@@ -199,7 +229,13 @@ def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dty
             f"the model {name_or_path!r} ({src}) is not in the local Hugging Face cache and {mode}. Download it "
             f"where there is a network (`hf download {src}`), or pass the path of a local copy") from e
     pipe.set_progress_bar_config(disable=True)
-    return DiffusionModel(pipe.to(dev), name=name_or_path, device=dev, dtype=dtype)
+    if cpu_offload:
+        if dev.type != "cuda":
+            raise ArgumentError("cpu_offload=True needs a CUDA device (it moves components to the GPU when used)")
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe = pipe.to(dev)
+    return DiffusionModel(pipe, name=name_or_path, device=dev, dtype=dtype, image_size=image_size)
 
 
 @dataclass
@@ -234,74 +270,85 @@ class Generation:
 
 
 class DiffusionModel:
-    """Adapter over a ``StableDiffusionPipeline``; satisfies :class:`Denoiser`."""
+    """Adapter over a text-to-image pipeline of a supported family; satisfies :class:`Denoiser`.
 
-    def __init__(self, pipe, name: str = "", device: torch.device | None = None, dtype: torch.dtype | None = None):
+    ``family`` (:class:`nbhelpers.families.Family`) holds what differs between architectures;
+    ``denoiser`` is the network (the UNet or the transformer)."""
+
+    def __init__(self, pipe, name: str = "", device: torch.device | None = None, dtype: torch.dtype | None = None,
+                 image_size: int | None = None):
+        from .families import family_class, supported_pipelines
+
+        fam = next((family_class(k.__name__) for k in type(pipe).__mro__ if family_class(k.__name__)), None)
+        if fam is None:
+            raise UnsupportedModelError(f"{type(pipe).__name__} is not a supported pipeline; the supported ones are "
+                                        f"{', '.join(supported_pipelines())}")
+        sched = pipe.scheduler
+        if fam.name not in ("sd3", "flux") and not hasattr(sched, "alphas_cumprod"):
+            raise UnsupportedModelError(f"the scheduler {type(sched).__name__} has no alphas_cumprod table; "
+                                        "use a DDPM-family scheduler (DDIM, DDPM, PNDM, DPM-Solver, Euler)")
+        try:
+            self.family = fam(pipe, image_size=image_size)
+        except ValueError as e:
+            raise ArgumentError(str(e)) from None
         self.pipe = pipe
+        pipe.set_progress_bar_config(disable=True)
         self.name = name
         self.device = device or pipe.device
-        self.dtype = dtype or pipe.unet.dtype
-        sched = pipe.scheduler
-        if not hasattr(sched, "alphas_cumprod"):
-            raise UnsupportedModelError(f"the scheduler {type(sched).__name__} has no alphas_cumprod table; "
-                                        "use a DDPM-family scheduler (DDIM, DDPM, PNDM, DPM-Solver)")
-        acp = sched.alphas_cumprod.double()
-        self._logsnr_table = torch.log(acp / (1 - acp))  # decreasing in t
-        self.prediction_type = sched.config.get("prediction_type", "epsilon")
-        if self.prediction_type not in ("epsilon", "v_prediction"):
+        self.dtype = dtype or self.denoiser.dtype
+        self.prediction_type = self.family.noise.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction", "flow"):
             raise UnsupportedModelError(f"prediction_type {self.prediction_type!r} is not supported; "
-                                        "epsilon and v_prediction are")
-        self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        self.image_size = int(pipe.unet.config.sample_size) * self.vae_scale
-        self.latent_shape = (int(pipe.unet.config.in_channels), int(pipe.unet.config.sample_size),
-                             int(pipe.unet.config.sample_size))
+                                        "epsilon and v_prediction are (and velocity, for rectified-flow families)")
+        self.vae_scale = self.family.vae_scale
+        self.image_size = self.family.image_size
+        self.latent_shape = self.family.latent_shape
         self.scaling_factor = float(pipe.vae.config.scaling_factor)
-        self.max_tokens = int(pipe.tokenizer.model_max_length)
+        self.max_tokens = self.family.encoders()[0].max_length
         self._null = None
 
     def __repr__(self) -> str:
-        return (f"DiffusionModel({self.name!r}, device={self.device}, dtype={self.dtype}, image {self.image_size}px, "
-                f"latent {self.latent_shape}, {self.prediction_type})")
+        return (f"DiffusionModel({self.name!r}, {self.family.name}, device={self.device}, dtype={self.dtype}, "
+                f"image {self.image_size}px, latent {self.latent_shape}, {self.prediction_type})")
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network that predicts the noise (``pipe.unet`` or ``pipe.transformer``)."""
+        return self.family.denoiser
 
     # -- noise levels ---------------------------------------------------------------------------
     @property
     def tokenizer(self):
-        return self.pipe.tokenizer
+        """The tokenizer whose words the methods index (the family's first encoder)."""
+        return self.family.tokenizer
 
     @property
     def logsnr_range(self) -> tuple[float, float]:
         """(lowest, highest) log-SNR the model was trained on (nats)."""
-        return float(self._logsnr_table[-1]), float(self._logsnr_table[0])
+        return self.family.noise.logsnr_range
 
     def logsnr_of(self, timestep) -> torch.Tensor:
-        """log-SNR of (possibly fractional) training timesteps, by linear interpolation."""
-        t = torch.as_tensor(timestep, dtype=torch.float64)
-        n = len(self._logsnr_table)
-        t = t.clamp(0, n - 1)
-        lo = t.floor().long().clamp(max=n - 2)
-        frac = t - lo
-        return (1 - frac) * self._logsnr_table[lo] + frac * self._logsnr_table[lo + 1]
+        """log-SNR of (possibly fractional) scheduler timesteps (DDPM: by interpolation in the table;
+        flow: ``2·log((1−t)/t)`` with ``t = timestep / 1000``)."""
+        return self.family.noise.logsnr_of(timestep)
 
     def timestep_of(self, logsnr) -> torch.Tensor:
-        """Fractional training timestep with the given log-SNR (interpolated in the scheduler's own
-        table; values outside the trained range are clamped to its ends)."""
-        a = torch.as_tensor(logsnr, dtype=torch.float64)
-        table = self._logsnr_table.flip(0)  # increasing
-        ts = torch.arange(len(table) - 1, -1, -1, dtype=torch.float64)
-        a = a.clamp(float(table[0]), float(table[-1]))
-        idx = torch.searchsorted(table, a.reshape(-1)).clamp(1, len(table) - 1)
-        x0, x1 = table[idx - 1], table[idx]
-        w = (a.reshape(-1) - x0) / (x1 - x0)
-        t = ts[idx - 1] + w * (ts[idx] - ts[idx - 1])
-        return t.reshape(a.shape)
+        """Fractional scheduler timestep with the given log-SNR (clamped to the trained range)."""
+        return self.family.noise.timestep_of(logsnr)
 
     # -- text ------------------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> TokenizedPrompt:
         """Tokens and word spans of ``prompt`` (raises if it is too long). Words the tokenizer does not know
         (see :func:`nbhelpers.text.unknown_words`) give an :class:`~nbhelpers.text.UnknownWordWarning`."""
-        tp = tokenize(self.tokenizer, prompt, self.max_tokens)
+        tp = self.family.tokenize(prompt)
         warn_unknown_words(self.tokenizer, tp)
         return tp
+
+    def word_positions(self, prompt: str, word: str, occurrence: int | None = None) -> list[int]:
+        """Columns of ``word`` in the denoiser's text sequence (its sub-word tokens in every encoder the
+        denoiser attends to: SD3's CLIP and T5 tokens, Flux's and PixArt's T5 tokens)."""
+        self.tokenize(prompt)
+        return self.family.word_positions(prompt, word, occurrence)
 
     def remove_word(self, prompt: str, word: str, policy: str = "delete", replacement: str = "_",
                     occurrence: int | None = None) -> str:
@@ -309,26 +356,28 @@ class DiffusionModel:
         return remove_word(prompt, word, policy, replacement, occurrence, tokenizer=self.tokenizer)
 
     @torch.no_grad()
-    def encode_text(self, prompts: str | list[str]) -> torch.Tensor:
-        """Text-encoder hidden states (B, L, D) for prompts (the empty prompt is the null condition).
-        Raises :class:`PromptTooLongError` instead of truncating silently."""
+    def encode_text(self, prompts: str | list[str]):
+        """The denoiser's condition for prompts, batch len(prompts): for SD 1.x/2.x the text encoder's
+        hidden states (B, L, D); for the other families a :class:`~nbhelpers.families.Condition` (hidden
+        states plus pooled embeddings, masks, time ids) that behaves like that tensor. Raises
+        :class:`PromptTooLongError` instead of truncating silently."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         for p in prompts:
             self.tokenize(p)  # validates type and length
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
-                             return_tensors="pt").input_ids.to(self.device)
-        return self.pipe.text_encoder(ids)[0].to(self.dtype)
+        return self.family.encode(prompts, self.device, self.dtype)
 
-    def condition(self, prompts: str | list[str] | None) -> torch.Tensor:
-        """The ``cond`` that :meth:`eps` takes: ``None`` or "" gives the unconditional (null) one."""
+    def condition(self, prompts: str | list[str] | None):
+        """The ``cond`` that :meth:`eps` takes: ``None`` gives the unconditional (null) one."""
         if prompts is None:
             return self.null_condition()
         return self.encode_text(prompts)
 
-    def null_condition(self) -> torch.Tensor:
-        """Hidden states of the empty prompt, (1, L, D), cached."""
+    @torch.no_grad()
+    def null_condition(self):
+        """The null (unconditional) condition, batch 1, cached: the empty prompt's encoding for most
+        families, zeros for SDXL (as its pipeline does; ``model.family.null_condition_doc`` says which)."""
         if self._null is None:
-            self._null = self.encode_text("")
+            self._null = self.family.null(self.device, self.dtype)
         return self._null
 
     # -- the denoiser ------------------------------------------------------------------------------
@@ -356,33 +405,35 @@ class DiffusionModel:
             cond = cond.expand(b, *cond.shape[1:])
         if cond.shape[0] != b:
             raise ArgumentError(f"cond has batch {cond.shape[0]} but z has batch {b}; give one condition or one per sample")
-        t = self.timestep_of(a)
         outs = []
         step = max_batch or b
         for i in range(0, b, step):
             zi = z[i : i + step].to(self.device, self.dtype)
-            ti = t[i : i + step].to(self.device, torch.float32)
             ci = cond[i : i + step].to(self.device, self.dtype)
             with self._autocast():
-                out = self.pipe.unet(zi, ti, encoder_hidden_states=ci).sample.float()
-            outs.append(self.to_eps(out, zi.float(), a[i : i + step]))
+                outs.append(self.family.eps(zi, a[i : i + step], ci).float())
         eps = torch.cat(outs)
         if not torch.isfinite(eps).all():
             raise NonFiniteError(
-                f"the UNet returned NaN/inf in {self.dtype} (log-SNR {float(a.min()):.2f}..{float(a.max()):.2f}); "
+                f"the denoiser returned NaN/inf in {self.dtype} (log-SNR {float(a.min()):.2f}..{float(a.max()):.2f}); "
                 "reload with dtype=torch.float32 or torch.bfloat16")
         return eps.to(z.device)
 
-    def to_eps(self, output: torch.Tensor, z: torch.Tensor, logsnr) -> torch.Tensor:
-        """The network's output at latents ``z`` (B, C, h, w) and log-SNR ``logsnr`` (float or (B,)) as
-        an ε prediction: itself for ε-prediction; for v-prediction ``sqrt(σ(α))·v + sqrt(σ(−α))·z``
-        (v = sqrt(σ(α))·ε − sqrt(σ(−α))·x). The one conversion every method uses (generation
-        trajectories included)."""
-        if self.prediction_type != "v_prediction":
-            return output
-        ab = torch.sigmoid(torch.as_tensor(logsnr, dtype=torch.float64)).reshape(-1).to(output.device, torch.float32)
-        ab = ab.view(-1, 1, 1, 1)
-        return ab.sqrt() * output + (1 - ab).sqrt() * z
+    def to_eps(self, output: torch.Tensor, z_net: torch.Tensor, logsnr) -> torch.Tensor:
+        """The network's output at its own input ``z_net`` (B, C, h, w) and log-SNR ``logsnr`` (float or
+        (B,)) as an ε prediction: ε itself; for v-prediction ``sqrt(σ(α))·v + sqrt(σ(−α))·z``; for a
+        rectified-flow velocity ``z_t + (1−t)·v``. The one conversion every method uses (generation
+        trajectories included); see :mod:`nbhelpers.families.noise`."""
+        return self.family.noise.to_eps(output, z_net, logsnr)
+
+    def network_latents(self, z: torch.Tensor, logsnr) -> torch.Tensor:
+        """The VP latents ``z`` (B, C, h, w) at log-SNR ``logsnr`` as the family's network and scheduler
+        see them: themselves for DDPM families, ``s·z`` (the flow latent ``(1−t)x + tε``) for flow ones."""
+        return z * self.family.noise.scale(logsnr).reshape(-1, 1, 1, 1).to(z.device, z.dtype)
+
+    def vp_latents(self, z_net: torch.Tensor, logsnr) -> torch.Tensor:
+        """Inverse of :meth:`network_latents`."""
+        return z_net / self.family.noise.scale(logsnr).reshape(-1, 1, 1, 1).to(z_net.device, z_net.dtype)
 
     def _autocast(self):
         if self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16):
@@ -469,8 +520,7 @@ class DiffusionModel:
     @torch.no_grad()
     def encode_image(self, image) -> torch.Tensor:
         """Scaled VAE latents (posterior mean × scaling factor), float32 (B, C, h, w)."""
-        x = self._image_tensor(image).to(self.device, self.pipe.vae.dtype)
-        return (self.pipe.vae.encode(x).latent_dist.mean * self.scaling_factor).float()
+        return self.family.encode_latents(self._image_tensor(image).to(self.device))
 
     def latent_of(self, image) -> torch.Tensor:
         """(B, C, h, w) scaled latents of images (anything :meth:`encode_image` takes), or the latents
@@ -483,7 +533,7 @@ class DiffusionModel:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """uint8 images (B, H, W, 3) from scaled latents."""
-        x = self.pipe.vae.decode(latents.to(self.device, self.pipe.vae.dtype) / self.scaling_factor).sample
+        x = self.family.decode_latents(latents.to(self.device))
         x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return x.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -515,7 +565,7 @@ class DiffusionModel:
                 raise ArgumentError(f"cond has batch {cond.shape[0]}; give 1 or one per seed ({len(seeds)})")
             c = cond.detach().expand(len(seeds), *cond.shape[1:]) if cond.shape[0] == 1 else cond.detach()
             null = self.null_condition().expand(len(seeds), *cond.shape[1:])
-            embeds = dict(prompt_embeds=c.to(self.device, self.dtype), negative_prompt_embeds=null.to(self.device, self.dtype))
+            embeds = self.family.pipeline_text_args(c.to(self.device, self.dtype), null.to(self.device, self.dtype))
             return self._run_pipe(["<cond>"] * len(seeds), seeds, steps, guidance, trajectory, latents, embeds)
         if prompt is None:
             prompts = [""]
@@ -537,18 +587,19 @@ class DiffusionModel:
             else:
                 raise ArgumentError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt or one in all")
         return self._run_pipe(prompts, seeds, steps, guidance, trajectory, latents,
-                              dict(prompt=prompts, negative_prompt=negative_prompt))
+                              dict(prompt=prompts, **({} if negative_prompt is None else {"negative_prompt": negative_prompt})))
 
     @torch.no_grad()
     def _run_pipe(self, prompts, seeds, steps, guidance, trajectory, latents, text_args: dict) -> Generation:
         z = self.initial_noise(seeds) if latents is None else latents
-        recorder = _TrajectoryRecorder(self) if trajectory else None
+        recorder = _TrajectoryRecorder(self, len(prompts), guidance) if trajectory else None
         with (recorder or contextlib.nullcontext()):
-            out = self.pipe(**text_args, num_inference_steps=steps,
-                            guidance_scale=guidance, latents=z.to(self.device, self.dtype), output_type="latent",
+            out = self.pipe(**text_args, num_inference_steps=steps, guidance_scale=guidance,
+                            latents=self.family.pipeline_latents(z.to(self.device, self.dtype)), output_type="latent",
                             height=self.image_size, width=self.image_size,
-                            callback_on_step_end=recorder.on_step_end if recorder else None)
-        final = out.images.float()
+                            **(self.family.step_callback_args(recorder.on_step_end) if recorder else {}),
+                            **self.family.pipeline_call_args())
+        final = self.family.from_pipeline_latents(out.images).float()
         if not torch.isfinite(final).all():
             raise NonFiniteError(f"generation produced NaN/inf in {self.dtype}; reload with dtype=torch.float32 "
                                  "or torch.bfloat16")
@@ -560,13 +611,17 @@ class DiffusionModel:
 
 class _TrajectoryRecorder:
     """Records each denoising step during ``pipe.__call__`` through the hook layer: a forward hook on
-    the UNet keeps each call's input latents and output, and the pipeline's ``callback_on_step_end``
-    combines them as the pipeline did (classifier-free guidance: the unconditional half first, then
-    ``uncond + guidance·(cond − uncond)``). Nothing of the pipeline is replaced; the hook is removed on
-    exit, also on error."""
+    the denoiser keeps each call's input latents, timestep and output, and the pipeline's
+    ``callback_on_step_end`` combines them as the pipeline did (classifier-free guidance: a call with
+    twice the prompts' rows holds the unconditional half first, combined as ``uncond +
+    guidance·(cond − uncond)``; Flux's distilled guidance is inside the network). The family converts
+    the network's view (packed, flow-scaled, velocity) to VP latents and ε. Nothing of the pipeline is
+    replaced; the hook is removed on exit, also on error."""
 
-    def __init__(self, model: DiffusionModel):
+    def __init__(self, model: DiffusionModel, n_prompts: int = 1, guidance: float | None = None):
         self.model = model
+        self.n_prompts = n_prompts
+        self.guidance = guidance
         self.steps: list[TrajectoryStep] = []
         self._pending = None
         self._hooks = None
@@ -574,19 +629,13 @@ class _TrajectoryRecorder:
     def __enter__(self):
         from .hooks import module_hooks
 
-        sched = self.model.pipe.scheduler
-        if getattr(sched, "init_noise_sigma", 1.0) != 1.0:
-            raise UnsupportedModelError(f"trajectory recording needs a variance-preserving scheduler; "
-                                        f"{type(sched).__name__} is not one. Use DDIM or DPM-Solver.")
-
         def keep(module, args, kwargs, output):
-            sample = args[0] if args else kwargs["sample"]
+            sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
             timestep = args[1] if len(args) > 1 else kwargs["timestep"]
             out = output[0] if isinstance(output, tuple) else output.sample
-            self._pending = (float(torch.as_tensor(timestep).reshape(-1)[0]), sample.detach().float().cpu(),
-                             out.detach().float().cpu())
+            self._pending = (timestep, sample.detach().float().cpu(), out.detach().float().cpu())
 
-        self._hooks = module_hooks(self.model.pipe.unet, forward=keep, with_kwargs=True)
+        self._hooks = module_hooks(self.model.denoiser, forward=keep, with_kwargs=True)
         self._hooks.__enter__()
         return self
 
@@ -595,13 +644,16 @@ class _TrajectoryRecorder:
         return False
 
     def on_step_end(self, pipe, i, t, callback_kwargs):
-        timestep, sample, out = self._pending
-        if pipe.do_classifier_free_guidance:  # the pipeline's own combination of the two halves
-            sample = sample.chunk(2)[0]
+        t_net, sample, out = self._pending
+        m, fam = self.model, self.model.family
+        sample, out = fam.net_input_latents(sample), fam.net_output_latents(out)
+        if out.shape[0] == 2 * self.n_prompts and fam.guidance_is_cfg():  # the pipeline's own combination
+            sample = sample.chunk(2)[1]
             uncond, cond = out.chunk(2)
-            out = uncond + pipe.guidance_scale * (cond - uncond)
-        m = self.model
-        a = float(m.logsnr_of(timestep))
-        out = m.to_eps(out, sample, a)
-        self.steps.append(TrajectoryStep(i, timestep, a, sample, out, m.pred_x0(sample, a, out)))
+            g = self.guidance if self.guidance is not None else pipe.guidance_scale
+            out = uncond + g * (cond - uncond)
+        a = fam.logsnr_of_net_timestep(t_net)
+        eps = m.to_eps(out, sample, a)
+        z = m.vp_latents(sample, a)
+        self.steps.append(TrajectoryStep(i, float(torch.as_tensor(t).reshape(-1)[0]), a, z, eps, m.pred_x0(z, a, eps)))
         return callback_kwargs

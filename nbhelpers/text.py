@@ -75,10 +75,20 @@ def tokenize(tokenizer, prompt: str, max_length: int | None = None) -> Tokenized
         raise PromptTooLongError(
             f"the prompt {prompt!r} needs {len(ids)} tokens (with start and end tokens) but the text encoder "
             f"takes at most {limit}; shorten it by about {len(ids) - limit} token(s)")
+    specials = set(tokenizer.all_special_ids) - {getattr(tokenizer, "unk_token_id", None)}  # spans drop BOS/EOS/pad
+    offsets = [_trimmed(prompt, s, e) for s, e in offsets]  # sentencepiece pieces carry their leading space
     words = [Word(w.text, w.occurrence, w.start, w.end,
-                  tuple(i for i, (s, e) in enumerate(offsets) if e > s and s >= w.start and e <= w.end and i > 0))
+                  tuple(i for i, (s, e) in enumerate(offsets)
+                        if e > s and s >= w.start and e <= w.end and ids[i] not in specials))
              for w in _word_spans(prompt)]
     return TokenizedPrompt(prompt, tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids)), tuple(words))
+
+
+def _trimmed(prompt: str, start: int, end: int) -> tuple[int, int]:
+    """A token's character span without leading whitespace (T5's ``▁red`` covers the space before it)."""
+    while start < end and prompt[start].isspace():
+        start += 1
+    return start, end
 
 
 class UnknownWordWarning(UserWarning):
@@ -91,7 +101,7 @@ class RepeatedWordWarning(UserWarning):
 
 
 def _piece(token: str) -> str:
-    return token.removesuffix("</w>")
+    return token.removesuffix("</w>").removeprefix("\u2581")  # CLIP word end, sentencepiece word start
 
 
 def unknown_words(tokenizer, tp: TokenizedPrompt) -> dict[str, tuple[str, ...]]:
@@ -100,7 +110,9 @@ def unknown_words(tokenizer, tp: TokenizedPrompt) -> dict[str, tuple[str, ...]]:
     vocabulary lacks, e.g. "rouge" on the toy model, whose tokenizer knows only the world's words). Text
     outside words that became unknown tokens (an emoji) is listed under ``"(outside words)"``."""
     unk = getattr(tokenizer, "unk_token_id", None)
-    inner = range(1, max(1, tp.n_tokens - 1))  # without the start and end tokens (CLIP's unk is its end token)
+    specials = {i for i, t in enumerate(tp.input_ids) if t in set(tokenizer.all_special_ids) and t != unk}
+    specials |= {0, tp.n_tokens - 1} if tp.tokens and tp.tokens[0] == getattr(tokenizer, "bos_token", None) else set()
+    inner = [i for i in range(tp.n_tokens) if i not in specials]  # CLIP's unk is its end token: never inner
     out: dict[str, tuple[str, ...]] = {}
     in_words = set()
     for w in tp.words:

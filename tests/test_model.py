@@ -17,7 +17,7 @@ def test_loads_from_a_folder_with_from_pretrained(tiny_model):
 
 
 def test_timestep_interpolation_inverts_the_schedule(tiny_model):
-    table = tiny_model._logsnr_table
+    table = tiny_model.family.noise.table
     for t in [0, 1, 17, 500, 998, 999]:
         assert float(tiny_model.timestep_of(table[t])) == pytest.approx(t, abs=1e-6)
     a = torch.linspace(-5.0, 7.0, 101)
@@ -44,7 +44,7 @@ def test_eps_broadcasts_and_batches_consistently(tiny_model):
 
 def test_eps_at_a_trained_timestep_equals_the_unet_call(tiny_model):
     t = 421
-    a = tiny_model._logsnr_table[t]
+    a = tiny_model.family.noise.table[t]
     z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     cond = tiny_model.condition("a blue square")
     direct = tiny_model.pipe.unet(z, torch.tensor([t, t]), encoder_hidden_states=cond.expand(2, -1, -1)).sample
@@ -64,7 +64,7 @@ def test_v_prediction_converted_like_the_scheduler(tiny_v_model):
     x0 = sched.step(v, t, z, return_dict=True).pred_original_sample
     ab = sched.alphas_cumprod[t]
     eps_sched = (z - ab.sqrt() * x0) / (1 - ab).sqrt()
-    eps = m.eps(z, m._logsnr_table[t], cond)
+    eps = m.eps(z, m.family.noise.table[t], cond)
     assert torch.allclose(eps, eps_sched, atol=1e-4)
     # and the scheduler's velocity of (x0, eps) is what the conversion inverts
     x0_true, noise = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)

@@ -92,3 +92,25 @@ def build_tokenizer(model_max_length: int = 24):
 def expected_pieces(word: str) -> list[str]:
     """The BPE pieces a world word must tokenize to (for tests)."""
     return _pieces(word)
+
+
+def build_t5_tokenizer(model_max_length: int = 32):
+    """A ``transformers.T5TokenizerFast`` for the toy world, built locally: a sentencepiece-style Unigram
+    model (``▁`` marks a word start) whose vocabulary is every world word as one piece and every
+    character as a fallback, with T5's special tokens (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2) and T5's
+    layout (no start token; ``</s>`` appended)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    words = list(dict.fromkeys(vocabulary() + list(EXTRA_WORDS)))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -8.0) for c in CHARACTERS] + [("\u2581" + c, -8.0) for c in CHARACTERS]
+    pieces += [("\u2581" + w, -1.0) for w in words]
+    tk = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tk.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Strip()])
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tk.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                      special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tk, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=model_max_length)
