@@ -21,7 +21,6 @@ the model interface (``WorldPictures``) live in the world's ``audit`` module, a 
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import NbhelpersError
+from .executors import resolve_executor, shards_of
+from .tables import ResumableTable
 from .validate import validated
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"
@@ -73,27 +74,24 @@ class Audit:
 
 
 def _done_keys(path: Path, keys: tuple[str, ...]) -> set:
-    if not path.exists():
-        return set()
-    with path.open() as f:
-        return {tuple(row[k] for k in keys) for row in csv.DictReader(f)}
+    """The keys (as text) of the rows already in the CSV table at ``path``."""
+    return ResumableTable(path, keys).done()
 
 
-def _append(path: Path, rows: list[dict]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-        f.flush()
+def _append(path: Path, rows: list[dict], keys: tuple[str, ...] = ("template", "subject", "seed")) -> list[dict]:
+    """Append the rows whose key is new to the CSV table at ``path``; returns those written."""
+    return ResumableTable(path, keys).append(rows)
+
+
+IMAGE_KEY = ("template", "subject", "seed")
+PID_KEY = ("subject", "group", "seed")
 
 
 @validated
 def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subject}",), n: int = 40, seed: int = 0,
               steps: int = 20, guidance: float = 3.0, reader=None, dimensions: dict | None = None,
               group_words: list[str] | None = None, n_pid: int = 0, pid_samples: int = 24, batch: int = 32,
-              save_images: bool = True, seeds: str = "independent") -> Audit:
+              save_images: bool = True, seeds: str = "independent", executor="local") -> Audit:
     """Run (or resume) an audit into folder ``out``; see the module docstring.
 
     ``seeds``: "independent" (default) gives every prompt its own seeds, ``seed + i`` plus an offset
@@ -105,13 +103,19 @@ def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subjec
 
     ``reader(image) -> {dimension: group or None}`` and ``dimensions`` ({dimension: group values} the
     reader returns) are required: they say what is audited. ``templates`` contain ``{subject}``. ``group_words`` and ``n_pid`` > 0 add the PID redundancy
-    of each group word with each subject in "a {group} {subject}" on ``n_pid`` generated images."""
+    of each group word with each subject in "a {group} {subject}" on ``n_pid`` generated images.
+
+    ``executor``: "local" (this process), "ray" (the running Ray cluster) or a
+    :class:`nbhelpers.executors.RayExecutor`. A shard is one ``batch`` of generations, read by ``reader`` on the
+    worker (so the reader must be importable there, or picklable by Ray); rows and PNGs are written here as
+    shards finish, each row once, and the table equals the local executor's for the same settings."""
     from .text import check_prompt
 
     if reader is None or not callable(reader):
         raise AuditError(f"reader={reader!r}: give a function image -> {{dimension: group}}, e.g. the toy world's "
                          "audit.read_groups, or a classifier for a real model")
     dimensions = _check_dimensions(dimensions)
+    executor = resolve_executor(executor)
     out = Path(out)
     spec = dict(subjects=list(subjects), templates=list(templates), n=n, seed=seed, steps=steps, guidance=guidance,
                 dimensions={k: list(v) for k, v in dimensions.items()}, group_words=list(group_words or []),
@@ -134,34 +138,44 @@ def run_audit(model, subjects: list[str], out: str | Path, templates=("a {subjec
     for _, _, p in prompts:
         check_prompt(p)
         model.tokenize(p)  # too long / bad words fail now, not after an hour
-    img_csv = out / "images.csv"
-    done = _done_keys(img_csv, ("template", "subject", "seed"))
-    todo = [(t, s, p, sd) for t, s, p in prompts for sd in cell_seeds(p, seed, n, seeds)
-            if (t, s, str(sd)) not in done]
+    table = ResumableTable(out / "images.csv", IMAGE_KEY)
+    todo = [(t, s, p, sd) for t, s, p in prompts for sd in cell_seeds(p, seed, n, seeds) if (t, s, sd) not in table]
+    shards = [dict(cells=chunk, steps=steps, guidance=guidance, reader=reader, dimensions=list(dimensions),
+                   images=save_images) for chunk in shards_of(todo, batch)]
     bar = tqdm(total=len(prompts) * n, initial=len(prompts) * n - len(todo), desc="audit images", mininterval=2)
-    for i in range(0, len(todo), batch):
-        chunk = todo[i:i + batch]
-        gen = model.generate([c[2] for c in chunk], seed=[c[3] for c in chunk], steps=steps, guidance=guidance)
+    for _, results in executor.map(model, _audit_shard, shards):
         rows = []
-        for (t, s, p, sd), im in zip(chunk, gen.images):
-            att = reader(im)
-            row = {"template": t, "subject": s, "seed": sd, "prompt": p}
-            row.update({d: att.get(d) for d in dimensions})
+        for row, im in results:
             if save_images:
                 from PIL import Image
 
-                cell = hashlib.sha1(f"{t}|{s}".encode()).hexdigest()[:10]
-                path = out / "images" / cell / f"{sd}.png"
+                cell = hashlib.sha1(f"{row['template']}|{row['subject']}".encode()).hexdigest()[:10]
+                path = out / "images" / cell / f"{row['seed']}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(im).save(path)
                 row["image"] = str(path.relative_to(out))
             rows.append(row)
-        _append(img_csv, rows)  # saved as it goes: an interruption loses at most this batch
-        bar.update(len(chunk))
+        table.append(rows)  # saved as it goes: an interruption loses at most the shards in flight
+        bar.update(len(results))
     bar.close()
     if group_words and n_pid > 0:
-        _run_pid(model, subjects, group_words, out, n_pid, pid_samples, seed, steps, guidance, seeds)
+        _run_pid(model, subjects, group_words, out, n_pid, pid_samples, seed, steps, guidance, seeds, executor)
     return Audit(out, spec)
+
+
+def _audit_shard(model, shard: dict) -> list[tuple[dict, np.ndarray | None]]:
+    """One batch of an audit (on whichever worker): generate the cells' images, read each; returns
+    ``(row, image or None)`` per cell, the image uint8 (H, W, 3) when it is to be saved."""
+    cells = shard["cells"]
+    gen = model.generate([c[2] for c in cells], seed=[c[3] for c in cells], steps=shard["steps"],
+                         guidance=shard["guidance"])
+    out = []
+    for (t, s, p, sd), im in zip(cells, gen.images):
+        att = shard["reader"](im)
+        row = {"template": t, "subject": s, "seed": sd, "prompt": p}
+        row.update({d: att.get(d) for d in shard["dimensions"]})
+        out.append((row, np.asarray(im) if shard["images"] else None))
+    return out
 
 
 def _check_dimensions(dimensions) -> dict:
@@ -178,22 +192,30 @@ def cell_seeds(prompt: str, seed: int, n: int, seeds: str = "independent") -> li
     return [offset + seed + i for i in range(n)]
 
 
-def _run_pid(model, subjects, group_words, out: Path, n_pid, samples, seed, steps, guidance, seeds):
+def _run_pid(model, subjects, group_words, out: Path, n_pid, samples, seed, steps, guidance, seeds, executor):
+    table = ResumableTable(out / "pid.csv", PID_KEY)
+    cells = [(s, g, sd) for s in subjects for g in group_words for sd in cell_seeds(f"a {g} {s}", seed, n_pid, seeds)
+             if (s, g, sd) not in table]
+    shards = [dict(cell=c, samples=samples, steps=steps, guidance=guidance) for c in cells]
+    bar = tqdm(total=len(cells), desc="audit PID", mininterval=2)
+    for _, row in executor.map(model, _pid_shard, shards):
+        table.append([row])
+        bar.update(1)
+    bar.close()
+
+
+def _pid_shard(model, shard: dict) -> dict:
+    """One PID estimate of an audit (on whichever worker): generate "a <group> <subject>" and decompose."""
     from .pid import partial_information
 
-    pid_csv = out / "pid.csv"
-    done = _done_keys(pid_csv, ("subject", "group", "seed"))
-    cells = [(s, g, sd) for s in subjects for g in group_words for sd in cell_seeds(f"a {g} {s}", seed, n_pid, seeds)
-             if (s, g, str(sd)) not in done]
-    for s, g, sd in tqdm(cells, desc="audit PID", mininterval=2):
-        prompt = f"a {g} {s}"
-        image = model.generate(prompt, seed=sd, steps=steps, guidance=guidance).images[0]
-        r = partial_information(model, image, prompt, g, s, context="none", n=samples, seed=sd)
-        i12 = r.info["i12"].value
-        _append(pid_csv, [{"subject": s, "group": g, "seed": sd, "prompt": prompt,
-                           "redundancy": r.values["redundancy"], "redundancy_se": r.stderr["redundancy"],
-                           "i_group": r.info["i1"].value, "i_subject": r.info["i2"].value, "i_joint": i12,
-                           "redundant_share": r.values["redundancy"] / max(r.info["i1"].value, 1e-9)}])
+    s, g, sd = shard["cell"]
+    prompt = f"a {g} {s}"
+    image = model.generate(prompt, seed=sd, steps=shard["steps"], guidance=shard["guidance"]).images[0]
+    r = partial_information(model, image, prompt, g, s, context="none", n=shard["samples"], seed=sd)
+    return {"subject": s, "group": g, "seed": sd, "prompt": prompt,
+            "redundancy": r.values["redundancy"], "redundancy_se": r.stderr["redundancy"],
+            "i_group": r.info["i1"].value, "i_subject": r.info["i2"].value, "i_joint": r.info["i12"].value,
+            "redundant_share": r.values["redundancy"] / max(r.info["i1"].value, 1e-9)}
 
 
 # -- statistics ------------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ from .attention import word_attention_maps
 from .info import prompt_information
 from .metrics import auroc, iou, minmax, upsample
 from .cache import cached
-from .validate import ArgumentError, validated
+from .executors import resolve_executor, shards_of
+from .tables import ResumableTable, digest, plain, study_folder
+from .validate import ArgumentError, validated, whole_number
 
 METHODS = ("cmi", "cmi smoothed", "mi", "attention", "attention+cmi", "whole image")
 THRESHOLDS = np.linspace(0.1, 0.5, 50)
@@ -105,41 +107,91 @@ def score_maps(maps: dict[str, np.ndarray], mask: np.ndarray) -> tuple[dict, dic
     return curves, aucs
 
 
+RECORD_KEY = ("image", "target")
+
+
 @validated
-@cached("studies")
+@cached("studies", ignore=("progress", "executor", "out"))
 def localisation_study(model, images: np.ndarray, cases: list[LocalisationCase], n: int = 32,
                        attention_n: int = 8, seed: int = 0, batch_size: int = 32,
-                       smooth: float = 1.0, form: str = "orthogonal") -> LocalisationResult:
+                       smooth: float = 1.0, form: str = "orthogonal", executor="local", out=None,
+                       images_per_shard: int = 1) -> LocalisationResult:
     """Localise the words of each case in its image (``images[k]`` with ``cases[k]``). ``smooth``: σ
     of the ``cmi smoothed`` map, in latent pixels (fixed in advance, not tuned on the evaluation set).
     ``form``: the maps' form; the orthogonal one (the published choice) is non-negative per pixel,
-    which a map to threshold needs, and its value is not the pointwise information of the image."""
-    from scipy.ndimage import gaussian_filter
+    which a map to threshold needs, and its value is not the pointwise information of the image.
 
+    ``executor``: "local", "ray" or a :class:`nbhelpers.executors.RayExecutor`; shards of
+    ``images_per_shard`` images. ``out``: a folder whose ``records.jsonl`` receives each image's records (its
+    IoU curves included) as it finishes, one row per (image, target); a study run again on the same folder
+    resumes, computing only the images not there. Image ``k`` always uses seed ``seed + k``, so the result is
+    the same whatever the executor and the order of completion."""
     if not smooth > 0:
         raise ArgumentError(f"smooth must be a positive σ in latent pixels, got {smooth!r}")
     if len(images) != len(cases):
         raise ArgumentError(f"{len(images)} images for {len(cases)} cases; give one LocalisationCase per image")
+    images_per_shard = whole_number("images_per_shard", images_per_shard, 1, None, "images per shard")
+    executor = resolve_executor(executor)
+    params = dict(n=n, attention_n=attention_n, seed=seed, batch_size=batch_size, smooth=smooth, form=form)
+    table, done = None, {}
+    if out is not None:
+        spec = dict(params, study="localisation", model=getattr(model, "name", "?"), n_images=len(cases),
+                    data=digest([np.asarray(im) for im in images],
+                                [(c.prompt, [(t.word, t.kind, t.label, t.mask) for t in c.targets]) for c in cases]))
+        table = ResumableTable(study_folder(out, spec) / "records.jsonl", RECORD_KEY)
+        done = _by_image(table.rows())
+    todo = [k for k, c in enumerate(cases) if c.targets and k not in done]
+    shards = [dict(params, items=[(k, images[k], cases[k]) for k in chunk]) for chunk in shards_of(todo, images_per_shard)]
+    total = sum(bool(c.targets) for c in cases)
+    bar = tqdm(total=total, initial=total - len(todo), desc="localisation", leave=False)
+    for _, results in executor.map(model, _localisation_shard, shards):
+        for k, rows in results:
+            if table is not None:
+                table.append(rows)  # one row per (image, target), whatever the order or a repeated shard
+            done.setdefault(k, rows)
+        bar.update(len(results))
+    bar.close()
     records, curves = [], {m: [] for m in METHODS}
-    for k, (case, image) in enumerate(tqdm(list(zip(cases, images)), desc="localisation", leave=False)):
-        if not case.targets:
-            continue
+    for k in sorted(done):
+        for row in sorted(done[k], key=lambda r: r["target"]):
+            iou_row = row["iou"]
+            for m in METHODS:
+                curves[m].append(np.asarray(iou_row[m], float))
+            records.append({c: v for c, v in row.items() if c not in ("iou", "target")})
+    return LocalisationResult(records, THRESHOLDS, {m: np.array(v) for m, v in curves.items()},
+                              dict(n=n, attention_n=attention_n, seed=seed, n_images=len(cases), smooth=smooth))
+
+
+def _by_image(rows: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        out.setdefault(int(r["image"]), []).append(r)
+    return out
+
+
+def _localisation_shard(model, shard: dict) -> list[tuple[int, list[dict]]]:
+    """Some images of a localisation study (on whichever worker): ``(k, rows)`` per image, a row per target
+    with its IoU curve per method (over :data:`THRESHOLDS`) under ``"iou"``, as plain JSON-ready values."""
+    from scipy.ndimage import gaussian_filter
+
+    out = []
+    for k, image, case in shard["items"]:
         words = list(dict.fromkeys(t.word for t in case.targets))
         x = model.latent_of(image)  # encoded once for both maps
-        info = prompt_information(model, x, case.prompt, words=words, n=n, seed=seed + k,
-                                  batch_size=batch_size, form=form)
-        att = word_attention_maps(model, x, case.prompt, words=words, n=attention_n, seed=seed + k)
-        for t in case.targets:
+        info = prompt_information(model, x, case.prompt, words=words, n=shard["n"], seed=shard["seed"] + k,
+                                  batch_size=shard["batch_size"], form=shard["form"])
+        att = word_attention_maps(model, x, case.prompt, words=words, n=shard["attention_n"], seed=shard["seed"] + k)
+        rows = []
+        for j, t in enumerate(case.targets):
             cmi = info.words[t.word].map
-            maps = {"cmi": cmi, "cmi smoothed": gaussian_filter(cmi, smooth, mode="nearest"),
+            maps = {"cmi": cmi, "cmi smoothed": gaussian_filter(cmi, shard["smooth"], mode="nearest"),
                     "mi": info.prompt.map, "attention": att[t.word],
                     "attention+cmi": (minmax(att[t.word]) + minmax(cmi)) / 2, "whole image": None}
             c, a = score_maps(maps, t.mask)
-            for m in METHODS:
-                curves[m].append(c[m])
             for name, extra in t.extra.items():
                 a[f"cmi vs {name}"] = auroc(upsample(cmi, extra.shape[0]), extra)
-            records.append({"image": k, "word": t.word, "object": t.label, "prompt": case.prompt, "auroc": a,
-                            "kind": t.kind, "cmi_value": info.words[t.word].value})
-    return LocalisationResult(records, THRESHOLDS, {m: np.array(v) for m, v in curves.items()},
-                              dict(n=n, attention_n=attention_n, seed=seed, n_images=len(cases), smooth=smooth))
+            rows.append(plain({"image": k, "target": j, "word": t.word, "object": t.label, "prompt": case.prompt,
+                               "auroc": a, "kind": t.kind, "cmi_value": info.words[t.word].value,
+                               "iou": {m: c[m] for m in METHODS}}))
+        out.append((k, rows))
+    return out
