@@ -12,7 +12,11 @@ from tqdm.auto import tqdm
 from .info import caption_margins
 from .metrics import wilson_interval
 from .cache import cached
-from .validate import ArgumentError, validated
+from .executors import resolve_executor, shards_of
+from .tables import ResumableTable, digest, plain, study_folder
+from .validate import ArgumentError, validated, whole_number
+
+RECORD_KEY = ("image", "kind")
 
 
 @dataclass
@@ -35,22 +39,56 @@ class CaptionStudy:
 
 
 @validated(skip=("captions",))
-@cached("studies")
+@cached("studies", ignore=("progress", "executor", "out"))
 def caption_scoring_study(model, images, captions: list[tuple[str, dict[str, str]]], n: int = 32, seed: int = 0,
-                          form: str = "standard", batch_size: int = 32) -> CaptionStudy:
+                          form: str = "standard", batch_size: int = 32, executor="local", out=None,
+                          images_per_shard: int = 1) -> CaptionStudy:
     """For each image and its ``(true caption, {swap kind: swapped caption})`` (``captions[k]`` with
     ``images[k]``; the toy world's builder is its ``scenes.caption_swaps``), score the true caption
     against each swapped one: the margin i(x; true) − i(x; swapped) in nats
-    (:func:`nbhelpers.info.caption_margins`), correct when positive."""
+    (:func:`nbhelpers.info.caption_margins`), correct when positive.
+
+    ``executor``: "local", "ray" or a :class:`nbhelpers.executors.RayExecutor` (shards of ``images_per_shard``
+    images; image ``k`` uses seed ``seed + k`` wherever it runs). ``out``: a folder whose ``records.jsonl``
+    receives each image's records as it finishes (one row per (image, kind)); run again, the study resumes."""
     if len(images) != len(captions):
         raise ArgumentError(f"{len(images)} images for {len(captions)} caption sets; give one (true, swaps) per image")
+    images_per_shard = whole_number("images_per_shard", images_per_shard, 1, None, "images per shard")
+    executor = resolve_executor(executor)
+    params = dict(n=n, seed=seed, form=form, batch_size=batch_size)
+    table, done = None, {}
+    if out is not None:
+        spec = dict(params, study="captions", model=getattr(model, "name", "?"), n_images=len(captions),
+                    data=digest([np.asarray(im) for im in images], [(t, dict(sw)) for t, sw in captions]))
+        table = ResumableTable(study_folder(out, spec) / "records.jsonl", RECORD_KEY)
+        for r in table.rows():
+            done.setdefault(int(r["image"]), []).append(r)
+    todo = [k for k, (_, swaps) in enumerate(captions) if swaps and k not in done]
+    shards = [dict(params, items=[(k, images[k], captions[k]) for k in chunk])
+              for chunk in shards_of(todo, images_per_shard)]
+    total = sum(bool(sw) for _, sw in captions)
+    bar = tqdm(total=total, initial=total - len(todo), desc="caption scoring", leave=False)
+    for _, results in executor.map(model, _caption_shard, shards):
+        for k, rows in results:
+            if table is not None:
+                table.append(rows)
+            done.setdefault(k, rows)
+        bar.update(len(results))
+    bar.close()
     records = []
-    for k, ((true, swaps), image) in enumerate(tqdm(list(zip(captions, images)), desc="caption scoring", leave=False)):
-        if not swaps:
-            continue
-        margins = caption_margins(model, image, true, list(swaps.values()), n=n, seed=seed + k, form=form,
-                                  batch_size=batch_size)
-        for (kind, cap), mg in zip(swaps.items(), margins):
-            records.append({"image": k, "kind": kind, "true": true, "swapped": cap, "margin": mg.value,
-                            "margin_stderr": mg.stderr, "correct": bool(mg.value > 0)})
+    for k in sorted(done):
+        order = list(captions[k][1])
+        records += sorted(done[k], key=lambda r: order.index(r["kind"]))
     return CaptionStudy(records, dict(n=n, seed=seed, form=form, n_images=len(captions)))
+
+
+def _caption_shard(model, shard: dict) -> list[tuple[int, list[dict]]]:
+    """Some images of a caption study (on whichever worker): ``(k, rows)``, a row per swap kind."""
+    out = []
+    for k, image, (true, swaps) in shard["items"]:
+        margins = caption_margins(model, image, true, list(swaps.values()), n=shard["n"], seed=shard["seed"] + k,
+                                  form=shard["form"], batch_size=shard["batch_size"])
+        out.append((k, [plain({"image": k, "kind": kind, "true": true, "swapped": cap, "margin": mg.value,
+                               "margin_stderr": mg.stderr, "correct": bool(mg.value > 0)})
+                        for (kind, cap), mg in zip(swaps.items(), margins)]))
+    return out

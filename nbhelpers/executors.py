@@ -18,8 +18,10 @@ and feeds its ``tqdm`` bar with each finished shard.
   twice is written once, because the table keeps one row per key.
 
 Only Ray's own serialisation carries shards and results between its processes; nothing is pickled to disk.
-Results are the same as the local executor's for the same seeds (bit for bit on CPU with the same dtype) when
-the shards are the same, which every study here ensures: a shard is the unit the local path computes in one go.
+Results are the same as the local executor's for the same seeds when the shards are the same, which every study
+here ensures (a shard is the unit the local path computes in one go): bit for bit on CPU when the dtype and the
+number of torch threads are the same (PyTorch's CPU kernels split their sums by thread; a worker uses
+``int(cpus_per_worker)`` threads, so compare with ``torch.set_num_threads`` set alike on the driver).
 """
 from __future__ import annotations
 
@@ -84,11 +86,11 @@ class LocalExecutor:
 class _ShardWorker:
     """A Ray actor's class: loads the model once, then runs shard functions on it."""
 
-    def __init__(self, spec: ModelSpec, device: str):
+    def __init__(self, spec: ModelSpec, device: str, threads: int):
         import torch
 
+        torch.set_num_threads(threads)  # CPU kernels' sums depend on the thread count: fix it
         self.model = spec.load(device)
-        self.threads = torch.get_num_threads()
 
     def run(self, fn, item):
         i, shard = item
@@ -188,7 +190,8 @@ class RayExecutor:
             worker = ray.remote(_ShardWorker).options(num_cpus=self.cpus_per_worker, num_gpus=gpus,
                                                       max_restarts=self.max_retries,
                                                       max_task_retries=self.max_retries)
-            self._actors[spec] = [worker.remote(spec, "cuda" if gpus else "cpu") for _ in range(n)]
+            threads = max(1, int(self.cpus_per_worker))
+            self._actors[spec] = [worker.remote(spec, "cuda" if gpus else "cpu", threads) for _ in range(n)]
         return self._actors[spec]
 
     def release(self) -> None:
