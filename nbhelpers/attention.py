@@ -159,25 +159,46 @@ class _CaptureProcessor:
                 d = inner // attn.heads
                 q = q.view(b, n, attn.heads, d).transpose(1, 2)
                 k = k.view(b, -1, attn.heads, d).transpose(1, 2)
-                probs = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.scale, dim=-1)
+                scores = (q.float() @ k.float().transpose(-1, -2)) * attn.scale
+                if attention_mask is not None:  # PixArt masks T5's padding, as the processor does
+                    mask = attn.prepare_attention_mask(attention_mask, k.shape[2], b)
+                    scores = scores + mask.view(b, -1, *mask.shape[1:]).float()
+                probs = torch.softmax(scores, dim=-1)
                 self.store.add(self.name, probs if self.store.keep_heads else probs.mean(1), spatial)
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
 
+def _denoiser(model_or_denoiser):
+    """(denoiser module, the model if it is an MMDiT with joint attention else None)."""
+    family = getattr(model_or_denoiser, "family", None)
+    if family is None:
+        return model_or_denoiser, None
+    return model_or_denoiser.denoiser, (model_or_denoiser if family.joint_attention else None)
+
+
 @contextlib.contextmanager
 def capture_cross_attention(unet, store: AttentionStore, count_calls: bool = False, layers: str | None = None):
-    """Within the block, every cross-attention layer of ``unet`` (or those whose name contains
-    ``layers``, e.g. "up_blocks") adds its maps to ``store``; the other layers keep their processors
-    (SDPA by default). ``count_calls=True`` advances ``store.step`` with each UNet call (one call per
-    denoising step in a pipeline) and picks the conditional rows (see :class:`AttentionStore`).
-    Through :mod:`nbhelpers.hooks`: the original processors are restored on exit, also after an error."""
+    """Within the block, every text→image attention layer of ``unet`` (a model, or a UNet/DiT module) — or
+    those whose name contains ``layers``, e.g. "up_blocks" — adds its maps to ``store``; the other layers
+    keep their processors (SDPA by default). ``count_calls=True`` advances ``store.step`` with each
+    denoiser call (one call per denoising step in a pipeline) and picks the conditional rows (see
+    :class:`AttentionStore`). Cross-attention (``attn2``: SD, SDXL, PixArt) is read by a wrapping
+    processor; the joint attention of MMDiTs (SD3, Flux) by :mod:`nbhelpers.joint_attention`. Through
+    :mod:`nbhelpers.hooks`: the original processors are restored on exit, also after an error."""
     from .hooks import attention_processors, cross_attention_layers, module_hooks
 
-    names = cross_attention_layers(unet, layers)
-    pre = (lambda mod, args, kwargs: store.begin_call((args[0] if args else kwargs["sample"]).shape[0])) \
-        if count_calls else None
-    with attention_processors(unet, lambda name, p: _CaptureProcessor(p, store, name), names), \
-            module_hooks(unet, forward_pre=pre, with_kwargs=True):
+    denoiser, joint = _denoiser(unet)
+    if joint is not None:
+        from .joint_attention import capture_joint_attention
+
+        with capture_joint_attention(joint, store, count_calls, layers):
+            yield store
+        return
+    names = cross_attention_layers(denoiser, layers)
+    pre = (lambda mod, args, kwargs: store.begin_call(
+        (args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))).shape[0])) if count_calls else None
+    with attention_processors(denoiser, lambda name, p: _CaptureProcessor(p, store, name), names), \
+            module_hooks(denoiser, forward_pre=pre, with_kwargs=True):
         yield store
 
 @validated
@@ -198,10 +219,10 @@ def word_attention_maps(model, image, prompt: str, words: list[str] | None = Non
     eps = torch.randn((n, *x.shape[1:]), generator=g)
     z = add_noise(x.expand(n, *x.shape[1:]), a, eps)
     store = AttentionStore(x.shape[-2:])
-    with capture_cross_attention(model.pipe.unet, store):
+    with capture_cross_attention(model, store):
         model.eps(z, a, model.condition(prompt))
     tok = store.token_maps().mean(0)  # (L, h, w), averaged over noise levels
-    return {w: tok[tp.token_indices(w)].mean(0).numpy() for w in words}
+    return {w: tok[model.word_positions(prompt, w)].mean(0).numpy() for w in words}
 
 
 class _RecordingProcessor:
@@ -252,6 +273,13 @@ def attention_probs_with_grad(unet, layers: str | None = None):
     processors; everything is restored on exit, also after an error (through :mod:`nbhelpers.hooks`)."""
     from .hooks import attention_processors, cross_attention_layers
 
+    unet, joint = _denoiser(unet)
+    if joint is not None:
+        from .joint_attention import joint_attention_probs_with_grad
+
+        with joint_attention_probs_with_grad(joint, layers) as recorded:
+            yield recorded
+        return
     names = cross_attention_layers(unet, layers)
     recorded: dict[str, list[torch.Tensor]] = {n.removesuffix(".processor"): [] for n in names}
     with attention_processors(unet, lambda name, p: _RecordingProcessor(recorded[name.removesuffix(".processor")]),

@@ -94,8 +94,9 @@ def model_fingerprint(model) -> str:
     it). Recomputed only when a weight was changed in place (torch's version counters)."""
     import torch
 
-    version = sum(p._version for part in (model.pipe.unet, model.pipe.text_encoder, model.pipe.vae)
-                  for p in part.parameters())
+    modules = [c for c in model.pipe.components.values() if isinstance(c, torch.nn.Module)]
+    extra = getattr(getattr(model, "family", None), "guidance", None)  # Flux's guidance value for the denoiser
+    version = (sum(p._version for part in modules for p in part.parameters()), extra)
     hit = _FINGERPRINTS.get(id(model))
     if hit is not None and hit[0] is model and hit[1] == version:
         return hit[2]
@@ -103,15 +104,16 @@ def model_fingerprint(model) -> str:
     h = hashlib.sha256()
     pipe = model.pipe
     h.update(f"{type(model).__name__}|{model.dtype}|{torch.device(model.device).type}".encode())
-    for name in ("unet", "text_encoder", "vae", "scheduler", "tokenizer"):
-        part = getattr(pipe, name, None)
+    h.update(f"{type(pipe).__name__}|{extra}|{getattr(model, 'image_size', None)}".encode())
+    for name in sorted(pipe.components):
+        part = pipe.components[name]
         if part is None:
             continue
         cfg = getattr(part, "config", None)
         if cfg is not None:
             cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)  # transformers' configs / diffusers'
             h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-        if name == "tokenizer":
+        if name.startswith("tokenizer") and part is not None:
             h.update(str(len(part)).encode())
         if isinstance(part, torch.nn.Module):
             with torch.no_grad():

@@ -29,13 +29,50 @@ def _ddim(model, inverse: bool, steps: int):
     return sched
 
 
+def _flow_logsnrs(model, steps: int) -> list[float]:
+    """log-SNRs of a rectified-flow family's own sampling schedule (its scheduler's shifted sigmas, Flux's
+    resolution-dependent shift included), from the noisiest to the cleanest step (the trained range's ends)."""
+    from .families import FlowMatching
+
+    sched = type(model.pipe.scheduler).from_config(model.pipe.scheduler.config)
+    kwargs = {}
+    if sched.config.get("use_dynamic_shifting"):
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        rows, cols = model.family.token_grid()
+        c = sched.config
+        kwargs["mu"] = calculate_shift(rows * cols, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                                       c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+    sched.set_timesteps(steps, **kwargs)
+    t_min = model.family.noise.t_min
+    return [float(FlowMatching.logsnr_of_t(float(s))) for s in sched.sigmas[:steps].double().clamp(t_min, 1 - t_min)]
+
+
+def _ddim_path(model, z: torch.Tensor, cond, logsnrs: list[float], to_clean: bool) -> torch.Tensor:
+    """The deterministic DDIM ODE in VP coordinates: at each log-SNR, ε̂ and x̂ from the model, then
+    ``z ← sqrt(σ(α'))·x̂ + sqrt(σ(−α'))·ε̂`` at the next one (the clean x̂ after the last, when ``to_clean``).
+    For a flow model this is its Euler sampler (``z_t + (t' − t)·v̂``) in the VP channel's coordinates."""
+    nxt = list(logsnrs[1:]) + ([None] if to_clean else [])
+    for a, a2 in zip(logsnrs, nxt):
+        eps = model.eps(z, a, cond)
+        x0 = model.pred_x0(z, a, eps)
+        if a2 is None:
+            return x0
+        a2t = torch.tensor(a2)
+        z = torch.sigmoid(a2t).sqrt() * x0 + torch.sigmoid(-a2t).sqrt() * eps
+    return z
+
+
 @validated
 @torch.no_grad()
 def ddim_invert(model, latent: torch.Tensor, prompt: str, steps: int = 25) -> torch.Tensor:
-    """Noise latent that the deterministic DDIM sampler (no guidance) maps back to ``latent``."""
-    sched = _ddim(model, True, steps)
+    """Noise latent that the deterministic DDIM sampler (no guidance) maps back to ``latent`` (DDPM families:
+    diffusers' DDIM schedulers; rectified-flow families: the same ODE on the model's own flow schedule)."""
     cond = model.condition(prompt)
     z = latent.float().clone()
+    if model.family.noise.kind == "flow":
+        return _ddim_path(model, z, cond, _flow_logsnrs(model, steps)[::-1], to_clean=False)
+    sched = _ddim(model, True, steps)
     for t in sched.timesteps:
         eps = model.eps(z, model.logsnr_of(float(t)), cond)
         z = sched.step(eps, t, z).prev_sample
@@ -47,9 +84,11 @@ def ddim_invert(model, latent: torch.Tensor, prompt: str, steps: int = 25) -> to
 def ddim_sample(model, noise: torch.Tensor, prompts: list[str], steps: int = 25) -> torch.Tensor:
     """Deterministic DDIM sampling without guidance from the same ``noise`` (1, C, h, w) for each
     prompt, all prompts in one batch; returns clean latents (len(prompts), C, h, w)."""
-    sched = _ddim(model, False, steps)
     cond = model.condition(list(prompts))
     z = noise.float().expand(len(prompts), *noise.shape[1:]).clone()
+    if model.family.noise.kind == "flow":
+        return _ddim_path(model, z, cond, _flow_logsnrs(model, steps), to_clean=True)
+    sched = _ddim(model, False, steps)
     for t in sched.timesteps:
         eps = model.eps(z, model.logsnr_of(float(t)), cond)
         z = sched.step(eps, t, z).prev_sample

@@ -105,10 +105,9 @@ def rise_saliency(model, tr: Trace, step: int, n_masks: int = 256, p: float = 0.
 
 
 def unet_blocks(model) -> list[str]:
-    """Names of the UNet blocks :func:`gradcam_saliency` can explain."""
-    unet = model.pipe.unet
-    return ([f"down_blocks.{i}" for i in range(len(unet.down_blocks))] + ["mid_block"]
-            + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))])
+    """Names of the denoiser blocks :func:`gradcam_saliency` can explain (UNet: down, mid and up blocks;
+    DiT/MMDiT: the transformer blocks)."""
+    return model.family.feature_blocks()
 
 
 @validated
@@ -117,7 +116,8 @@ def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None 
                      weighting: str = "hires") -> Saliency:
     """DF-CAM at ``step`` on UNet ``block`` (a name from :func:`unet_blocks`, or a list whose
     max-normalised maps are averaged; default: the last up block but one), for the similarity (Pearson)
-    of the predicted clean latent to the final latent. ``weighting``: ``"hires"`` (default) is
+    of the predicted clean latent to the final latent (a DiT block: its image tokens on their grid;
+    default: a block two thirds of the way through). ``weighting``: ``"hires"`` (default) is
     |Σ_k ∂s/∂A_k ⊙ A_k| per location (HiResCAM's element-wise product, as a magnitude, since a
     similarity has no "class" whose sign would matter); ``"gradcam"`` is classic Grad-CAM,
     ReLU(Σ_k mean(∂s/∂A_k)·A_k). Map (h, w), ≥ 0, at latent resolution."""
@@ -125,16 +125,16 @@ def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None 
     if weighting not in ("hires", "gradcam"):
         raise ArgumentError(f"weighting must be 'hires' or 'gradcam', not {weighting!r}")
     names = unet_blocks(model)
-    blocks = [block] if isinstance(block, str) else list(block or [names[-2]])
+    blocks = [block] if isinstance(block, str) else list(block or [model.family.default_feature_block()])
     for b in blocks:
         if b not in names:
-            raise ArgumentError(f"unknown UNet block {b!r}; choose one of {names}")
-    modules = dict(model.pipe.unet.named_modules())
+            raise ArgumentError(f"unknown denoiser block {b!r}; choose one of {names}")
+    modules = dict(model.denoiser.named_modules())
     acts: dict[str, torch.Tensor] = {}
     with contextlib.ExitStack() as stack:  # the blocks' activations, through the hook layer
         for b in blocks:
             stack.enter_context(module_hooks(modules[b], forward=lambda m, i, o, b=b: acts.__setitem__(
-                b, o[0] if isinstance(o, tuple) else o)))
+                b, model.family.block_output(o))))
         z = tr.latent(step)
         a = float(tr.logsnrs[step])
         e = model.eps(z, a, model.condition(tr.prompt), grad=True)
@@ -143,7 +143,7 @@ def gradcam_saliency(model, tr: Trace, step: int, block: str | list[str] | None 
         grads = torch.autograd.grad(score, [acts[b] for b in blocks])
     cams = []
     for b, grad in zip(blocks, grads):
-        act = acts[b].detach()
+        act, grad = model.family.feature_map(acts[b].detach()), model.family.feature_map(grad)
         if weighting == "hires":
             cam = (grad * act).sum(1, keepdim=True).abs()
         else:

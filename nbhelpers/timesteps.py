@@ -128,10 +128,11 @@ def trace(model, prompt: str, seed: int = 0, steps: int = 20, guidance: float = 
     aggregated on the fly; only per-step word maps are kept."""
     tp, words = _words_of(model, prompt, words)
     store = AttentionStore(model.latent_shape[-2:], keep_steps="all", n_prompts=1, budget_mb=budget_mb)
-    with capture_cross_attention(model.pipe.unet, store, count_calls=True):
+    with capture_cross_attention(model, store, count_calls=True):
         gen = model.generate(prompt, seed=seed, steps=steps, guidance=guidance, trajectory=True)
     per_step = store.step_maps()
-    maps = np.stack([np.stack([per_step[k][0, tp.token_indices(w)].mean(0).numpy() for w in words])
+    columns = {w: model.word_positions(prompt, w) for w in words}
+    maps = np.stack([np.stack([per_step[k][0, columns[w]].mean(0).numpy() for w in words])
                      for k in sorted(per_step)])
     logsnrs = np.array([s.logsnr for s in gen.trajectory])
     timesteps = np.array([s.timestep for s in gen.trajectory])
@@ -214,12 +215,12 @@ def word_relevance(model, tr: Trace, steps: list[int] | None = None, layers: str
     e = model.eps(zz, aa, cc, max_batch=max_batch).view(S, 1 + W, *z.shape[1:])
     e_null, e_removed = e[:, 0], e[:, 1:]
     e_full = torch.empty_like(e_null)
-    token_groups = [tp.token_indices(w) for w in tr.words]
+    token_groups = [model.word_positions(tr.prompt, w) for w in tr.words]
     rel = np.zeros((S, W))
     rel_maps = np.zeros((S, W, *model.latent_shape[-2:]))
     for i0 in range(0, S, max_batch):
         sl = slice(i0, min(S, i0 + max_batch))
-        with attention_probs_with_grad(model.pipe.unet, layers) as rec:
+        with attention_probs_with_grad(model, layers) as rec:
             e_c = model.eps(z[sl], a[sl], cond, grad=True)
             e_full[sl] = e_c.detach()
             score = (e_c - e_null[sl]).pow(2).sum()

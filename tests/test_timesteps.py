@@ -135,7 +135,7 @@ def test_saliency_and_faithfulness_invariants(tiny_model):
     assert 0 < f.deletion_auc <= 1 and 0 < f.insertion_auc <= 1
     with pytest.raises(ValueError, match="outside"):
         saliency.rise_saliency(m, tr, 9)
-    with pytest.raises(ValueError, match="unknown UNet block"):
+    with pytest.raises(ValueError, match="unknown denoiser block"):
         saliency.gradcam_saliency(m, tr, 1, block="up_blocks.99")
     both = saliency.gradcam_saliency(m, tr, 2, block=["mid_block", "up_blocks.1"])
     assert both.map.shape == cam.map.shape and both.map.max() <= 1 + 1e-6

@@ -173,9 +173,38 @@ class Family:
         return vae.decode(z.to(vae.device, vae.dtype) / vae.config.scaling_factor + shift).sample
 
     # -- hook points --------------------------------------------------------------------------------------
+    #: True for MMDiTs, whose text→image attention is a block of a joint attention over image and text
+    #: tokens (read by :mod:`nbhelpers.joint_attention`); False for cross-attention (``attn2``) families
+    joint_attention = False
+    #: in a joint attention's sequence: "image_first" (SD3) or "text_first" (Flux)
+    joint_layout = "image_first"
+
     def text_attention_layers(self) -> list[str]:
         """Processor names of the layers whose attention carries text→image attention."""
         return [n for n in self.denoiser.attn_processors if ".attn2." in n]
+
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, columns) of the denoiser's image tokens (a DiT's patches; Flux's 2×2 packs)."""
+        p = self.patch_multiple()
+        return self.latent_shape[1] // p, self.latent_shape[2] // p
+
+    def feature_blocks(self) -> list[str]:
+        """Module names of the blocks DF-CAM can explain (UNet: down, mid and up blocks)."""
+        d = self.denoiser
+        return ([f"down_blocks.{i}" for i in range(len(d.down_blocks))] + ["mid_block"]
+                + [f"up_blocks.{i}" for i in range(len(d.up_blocks))])
+
+    def default_feature_block(self) -> str:
+        """DF-CAM's default block (UNet: the last up block but one, as the DF-CAM paper)."""
+        return self.feature_blocks()[-2]
+
+    def block_output(self, output) -> torch.Tensor:
+        """The tensor of a feature block's output that carries the image features on to the next block."""
+        return output[0] if isinstance(output, tuple) else output
+
+    def feature_map(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`block_output` as (B, C, h, w) (UNet blocks: itself)."""
+        return features
 
     def describe(self) -> str:
         return f"{self.title}; null condition: {self.null_condition_doc}"

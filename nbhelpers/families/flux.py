@@ -109,6 +109,27 @@ class FluxFamily(Family):
     def guidance_is_cfg(self) -> bool:
         return False
 
+    joint_attention = True
+    joint_layout = "text_first"
+    BLOCK_GROUPS = ("transformer_blocks", "single_transformer_blocks")
+
     def text_attention_layers(self):
         return [n for n in self.denoiser.attn_processors
                 if n.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+
+    def feature_blocks(self) -> list[str]:
+        return [f"{group}.{i}" for group in self.BLOCK_GROUPS for i in range(len(getattr(self.denoiser, group, [])))]
+
+    def default_feature_block(self) -> str:
+        blocks = self.feature_blocks()
+        return blocks[(2 * len(blocks)) // 3]  # a late block, as DF-CAM's late UNet block
+
+    def block_output(self, output) -> torch.Tensor:
+        """Blocks that also return text tokens return them first (SD3, Flux), the image tokens last."""
+        return output[-1] if isinstance(output, tuple) else output
+
+    def feature_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The block's image tokens (B, N, D) as a grid (B, D, rows, cols)."""
+        rows, cols = self.token_grid()
+        tokens = tokens[:, -rows * cols:]  # (a single-stream block's output without its text tokens)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
