@@ -293,6 +293,9 @@ class DiffusionModel:
             raise ArgumentError(str(e)) from None
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)
+        for part in pipe.components.values():  # inference: no dropout (a freshly built T5 has 10 %)
+            if isinstance(part, torch.nn.Module):
+                part.eval()
         self.name = name
         self.device = device or pipe.device
         self.dtype = dtype or self.denoiser.dtype

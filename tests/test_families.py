@@ -216,3 +216,30 @@ def test_a_zoo_model_missing_from_the_cache_gives_the_download_command(entry, tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match=f"hf download {ALIASES[entry]}"):
         load_model(entry)
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_every_family_loads_from_a_saved_folder(models, name, tmp_path):
+    """save_pretrained → load_model (folder checked, pipeline class read from model_index.json): the same
+    predictions as the pipeline that was saved."""
+    m = models(name)
+    m.pipe.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = load_model(tmp_path, image_size=32)
+    assert loaded.family.name == m.family.name and loaded.latent_shape == m.latent_shape
+    z = torch.randn(2, *m.latent_shape, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(loaded.eps(z, 1.0, loaded.condition(["a red circle", ""])),
+                          m.eps(z, 1.0, m.condition(["a red circle", ""])), atol=1e-6)
+
+
+def test_an_unsupported_pipeline_class_is_named(tmp_path):
+    import json
+
+    from nbhelpers.errors import UnsupportedModelError
+
+    save = tiny_family_pipeline("sd")
+    save.save_pretrained(tmp_path, safe_serialization=True)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["_class_name"] = "KandinskyPipeline"
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(UnsupportedModelError, match="KandinskyPipeline.*StableDiffusionXLPipeline"):
+        load_model(tmp_path)
