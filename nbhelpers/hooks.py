@@ -2,12 +2,15 @@
 
 - :func:`module_hooks`: torch forward / forward-pre hooks on a module (activations, gradients, inputs);
 - :func:`attention_processors`: diffusers' attention-processor API (capture or change attention);
-- the pipeline's ``callback_on_step_end`` for per-step work during generation (see ``model.py``).
+- the pipeline's ``callback_on_step_end`` for per-step work during generation (see ``model.py``);
+- for MMDiTs' joint attention, a ``torch.overrides.TorchFunctionMode`` that sees the attention kernel's
+  call inside the layers forward hooks mark (:mod:`nbhelpers.joint_attention`).
 
 Nothing here assigns to a library object's attribute (no monkey-patching). Every context restores
 exactly what it found — the same processor objects, no hook left behind — also after an error
-(``tests/test_hooks.py``). Each architecture family names its hook points; for the Stable Diffusion
-UNet family the text→image attention layers are the ``attn2`` modules (:func:`cross_attention_layers`).
+(``tests/test_hooks.py``). Each architecture family names its hook points
+(``model.family.text_attention_layers()``): the ``attn2`` modules for UNets and PixArt
+(:func:`cross_attention_layers`), the joint attention of each block for SD3 and Flux.
 """
 from __future__ import annotations
 
