@@ -145,6 +145,21 @@ def words(name: str, value):
     return texts(name, value, minimum=0)
 
 
+def concepts(name: str, value) -> list[str]:
+    """Concept words for ConceptAttention: a list of at least two distinct non-empty strings (its maps
+    are a softmax over the concepts, so one concept would be 1 everywhere; the result is keyed by them)."""
+    items = texts(name, value)
+    if len(items) < 2:
+        raise ArgumentError(f"{name}={_show(items)} has one concept; the maps are a softmax over concepts, so give "
+                            f"at least two, e.g. {name}=[{items[0]!r}, 'background']")
+    seen = set()
+    for v in items:
+        if v in seen:
+            raise ArgumentError(f"{name}={_show(items)} names {v!r} twice; give each concept once")
+        seen.add(v)
+    return items
+
+
 def choice(options: tuple) -> Callable[[str, Any], Any]:
     def check(name, value):
         if value not in options:
@@ -189,6 +204,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "subjects": texts,
     "templates": texts,
     "prompts": texts,
+    "concepts": concepts,
 }
 
 
