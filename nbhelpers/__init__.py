@@ -7,7 +7,7 @@ from .errors import (DeviceUnavailableError, EmptyPromptError, ImageFormatError,
 from .model import Denoiser, DiffusionModel, Generation, TrajectoryStep, load_model, resolve_device
 from .text import TokenizedPrompt, UnknownWordWarning, Word, remove_word, tokenize
 from . import attention, metrics  # noqa: E402  (submodules used as nbh.attention, nbh.metrics)
-from . import bias, conceptor, timesteps  # noqa: E402
+from . import bias, concept_attention, conceptor, timesteps  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
