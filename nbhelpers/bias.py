@@ -192,6 +192,59 @@ def cell_seeds(prompt: str, seed: int, n: int, seeds: str = "independent") -> li
     return [offset + seed + i for i in range(n)]
 
 
+@validated
+def pid_audit(model, subjects: list[str], group_words: list[str], out: str | Path, n_pid: int = 4,
+              pid_samples: int = 24, seed: int = 0, steps: int = 20, guidance: float = 3.0,
+              seeds: str = "independent", executor="local"):
+    """The PID part of an audit alone (DiffusionPID's occupation audit): for each subject and group word,
+    ``n_pid`` images of "a <group> <subject>", each decomposed (redundancy of the group word with the subject
+    word, :func:`nbhelpers.pid.partial_information`), into ``<out>/pid.csv`` (resumable, any executor).
+    Returns the rows (a DataFrame); :func:`pid_summary` turns them into per-subject redundancies."""
+    import pandas as pd
+
+    from .tables import study_folder
+
+    if n_pid < 1:
+        raise AuditError(f"n_pid={n_pid}: give at least one image per (subject, group word)")
+    if seeds not in ("independent", "shared"):
+        raise AuditError(f"seeds={seeds!r}; use 'independent' (each prompt its own seeds) or 'shared'")
+    words = list(group_words)
+    if not words:
+        raise AuditError("group_words=[]: give the group words whose redundancy with each subject is measured, "
+                         "e.g. ['female', 'male']")
+    spec = dict(study="pid_audit", subjects=list(subjects), group_words=words, n_pid=n_pid,
+                pid_samples=pid_samples, seed=seed, steps=steps, guidance=guidance, seeds=seeds,
+                model=getattr(model, "name", "?"))
+    out = study_folder(out, spec, AuditError)
+    for s in subjects:
+        for g in words:
+            model.tokenize(f"a {g} {s}")  # too long / bad words fail now
+    _run_pid(model, subjects, words, out, n_pid, pid_samples, seed, steps, guidance, seeds, resolve_executor(executor))
+    return pd.read_csv(out / "pid.csv")
+
+
+def pid_summary(rows, n_boot: int = 2000, seed: int = 0):
+    """Per subject × group word: mean redundancy (nats) with a bootstrap 95 % interval over images, and the
+    same normalised to [0, 1] across subjects (min-max of the means per group word, as DiffusionPID reports;
+    the interval mapped by the same affine map)."""
+    import pandas as pd
+
+    from .metrics import bootstrap_ci
+
+    out = []
+    for (s, g), grp in rows.groupby(["subject", "group"], sort=True):
+        r = grp["redundancy"].to_numpy(float)
+        lo, hi = bootstrap_ci(lambda i: r[i].mean(), len(r), n_boot, seed) if len(r) > 1 else (np.nan, np.nan)
+        out.append({"subject": s, "group": g, "n": len(r), "redundancy": float(r.mean()), "ci_low": lo, "ci_high": hi})
+    table = pd.DataFrame(out)
+    for g, grp in table.groupby("group"):
+        lo, hi = grp.redundancy.min(), grp.redundancy.max()
+        scale = (hi - lo) if hi > lo else 1.0
+        for c in ("redundancy", "ci_low", "ci_high"):
+            table.loc[grp.index, f"{c} (normalised)"] = (grp[c] - lo) / scale
+    return table
+
+
 def _run_pid(model, subjects, group_words, out: Path, n_pid, samples, seed, steps, guidance, seeds, executor):
     table = ResumableTable(out / "pid.csv", PID_KEY)
     cells = [(s, g, sd) for s in subjects for g in group_words for sd in cell_seeds(f"a {g} {s}", seed, n_pid, seeds)

@@ -1,0 +1,365 @@
+"""Reproduce the published tables: ``nbhelpers reproduce CONFIG`` (or ``python -m nbhelpers reproduce``).
+
+A config (``configs/reproduce/*.yaml``) names one published table: the ``table`` it reproduces (a key of
+:data:`TABLES`), the ``model``, the ``data`` (a loader of :mod:`nbhelpers.datasets` and its root folder), the
+sample counts, the ``executor`` ("local", "ray" or {address, workers, ...} for a
+:class:`~nbhelpers.executors.RayExecutor`) and the ``published`` numbers it is compared against (each
+``{value: x}``, ``{low: a, high: b}`` for a published range, with an optional ``note``; or ``not stated``).
+The result is a table, one row per metric: ours with a 95 % interval, the published number, the protocol
+("published" or, where the published one peeks at the evaluation set, the "held-out" variant beside it).
+It is written to ``<out>/table.csv`` and ``<out>/table.json``; the studies' own resumable tables live beside
+it, so an interrupted reproduction resumes.
+
+Command line overrides: ``--model``, ``--device``, ``--data-root``, ``--limit`` (first N items),
+``--out``, ``--executor`` and ``--set KEY.SUB=VALUE`` (YAML values), e.g.
+``nbhelpers reproduce configs/reproduce/infodecomp_localisation.yaml --data-root ~/coco --set samples.n=50``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NbhelpersError
+
+CONFIG_KEYS = ("name", "paper", "table", "model", "device", "dtype", "data", "samples", "published", "executor",
+               "out", "notes")
+
+
+class ReproduceError(NbhelpersError, ValueError):
+    """A reproduce config that cannot run as given (the message names the key and the fix)."""
+
+
+@dataclass
+class Reproduction:
+    """One reproduced table: ``table`` (pandas: metric, protocol, ours, ci_low, ci_high, published, note),
+    the config it ran and where it was written."""
+
+    name: str
+    table: object
+    config: dict = field(default_factory=dict)
+    out: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "rows": json.loads(self.table.to_json(orient="records")), "config": self.config}
+
+    def __str__(self) -> str:
+        return f"{self.name}\n{self.table.to_string(index=False)}"
+
+
+# -- configs ------------------------------------------------------------------------------------------------
+def load_config(path: str | Path) -> dict:
+    """Read and check a reproduce config (YAML)."""
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        options = sorted(q.name for q in (Path(__file__).resolve().parent.parent / "configs" / "reproduce").glob("*.yaml"))
+        raise ReproduceError(f"no reproduce config at {str(p)!r}; the shipped ones are configs/reproduce/{options}")
+    try:
+        cfg = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ReproduceError(f"{p} is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ReproduceError(f"{p} must hold a mapping with keys among {list(CONFIG_KEYS)}")
+    unknown = sorted(set(cfg) - set(CONFIG_KEYS))
+    if unknown:
+        raise ReproduceError(f"{p}: unknown key(s) {unknown}; allowed: {list(CONFIG_KEYS)}")
+    for key in ("name", "table", "model", "data"):
+        if key not in cfg:
+            raise ReproduceError(f"{p}: no {key!r}; a reproduce config names its table, model and data")
+    if cfg["table"] not in TABLES:
+        raise ReproduceError(f"{p}: table={cfg['table']!r} is not one we reproduce; known: {sorted(TABLES)}")
+    _published(cfg)  # shape check
+    return cfg
+
+
+def override(cfg: dict, assignment: str) -> dict:
+    """Apply ``KEY.SUB=VALUE`` (VALUE read as YAML) to a copy of ``cfg``."""
+    import copy
+
+    import yaml
+
+    lhs, sep, rhs = assignment.partition("=")
+    if not sep or not lhs.strip():
+        raise ReproduceError(f"--set expects KEY.SUB=VALUE (e.g. samples.n=50), got {assignment!r}")
+    out = copy.deepcopy(cfg)
+    node, parts = out, lhs.strip().split(".")
+    if parts[0] not in CONFIG_KEYS:
+        raise ReproduceError(f"--set {assignment!r}: {parts[0]!r} is not a config key; allowed: {list(CONFIG_KEYS)}")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ReproduceError(f"--set {assignment!r}: {p!r} is not a mapping in the config")
+    node[parts[-1]] = yaml.safe_load(rhs) if rhs.strip() else ""
+    return out
+
+
+def _published(cfg: dict) -> dict[str, dict]:
+    """``published`` as {metric: {"value" | "low"/"high", "note"}} ("not stated" kept as a note)."""
+    out = {}
+    for metric, v in (cfg.get("published") or {}).items():
+        if isinstance(v, (int, float)):
+            v = {"value": float(v)}
+        elif isinstance(v, str):
+            v = {"note": v}
+        if not isinstance(v, dict) or not ({"value", "note"} & set(v) or {"low", "high"} <= set(v)):
+            raise ReproduceError(f"published.{metric}: give a number, {{value: x}}, {{low: a, high: b}} or "
+                                 f"'not stated' (never a guess), got {v!r}")
+        out[metric] = v
+    return out
+
+
+def _published_text(p: dict | None) -> str:
+    if not p:
+        return "not stated"
+    if "value" in p:
+        return f"{p['value']:g}"
+    if "low" in p:
+        return f"{p['low']:g}–{p['high']:g}"
+    return str(p.get("note", "not stated"))
+
+
+def _row(metric: str, protocol: str, ours: float, ci, published: dict | None, n: int, note: str = "") -> dict:
+    lo, hi = ci if ci is not None else (np.nan, np.nan)
+    pub = published or {}
+    notes = "; ".join(x for x in (note, pub.get("note", "") if "value" in pub or "low" in pub else "") if x)
+    return {"metric": metric, "protocol": protocol, "n": n, "ours": float(ours), "ci_low": float(lo),
+            "ci_high": float(hi), "published": _published_text(published) if protocol == "published" else "—",
+            "note": notes}
+
+
+# -- running ------------------------------------------------------------------------------------------------
+def _executor(cfg: dict):
+    from .executors import RayExecutor, resolve_executor
+
+    ex = cfg.get("executor", "local")
+    if isinstance(ex, dict):
+        return RayExecutor(**ex)
+    return resolve_executor(ex)
+
+
+def _data_root(cfg: dict) -> Path:
+    data = cfg["data"]
+    if not isinstance(data, dict) or "kind" not in data or "root" not in data:
+        raise ReproduceError(f"data={data!r}: give {{kind: ..., root: FOLDER}} (e.g. kind: coco_it, root: ~/coco)")
+    return Path(str(data["root"])).expanduser()
+
+
+def run(cfg: dict, model=None) -> Reproduction:
+    """Run a loaded config (see :func:`load_config`); ``model``: an already loaded model to use instead of
+    ``cfg["model"]``."""
+    from .model import load_model
+
+    if model is None:
+        model = load_model(cfg["model"], device=cfg.get("device", "auto"), dtype=cfg.get("dtype"))
+    out = Path(cfg.get("out") or f"runs/reproduce/{cfg['name']}")
+    out.mkdir(parents=True, exist_ok=True)
+    import pandas as pd
+
+    rows = TABLES[cfg["table"]](cfg, model, out)
+    table = pd.DataFrame(rows, columns=["metric", "protocol", "n", "ours", "ci_low", "ci_high", "published", "note"])
+    rep = Reproduction(cfg["name"], table, cfg, out)
+    table.to_csv(out / "table.csv", index=False)
+    (out / "table.json").write_text(json.dumps(rep.to_dict(), indent=1, default=str))
+    return rep
+
+
+def _samples(cfg: dict) -> dict:
+    s = cfg.get("samples") or {}
+    if not isinstance(s, dict):
+        raise ReproduceError(f"samples={s!r}: give a mapping such as {{n: 100, seed: 0}}")
+    return dict(s)
+
+
+# -- the tables ---------------------------------------------------------------------------------------------
+def _infodecomp_localisation(cfg: dict, model, out: Path) -> list[dict]:
+    """Kong et al.'s COCO-IT localisation: mIoU (%) per map, best of 50 thresholds on the evaluation set
+    (published) and a threshold chosen on the other half of the images (held-out), with AUROC."""
+    from .datasets import coco
+    from .localisation import localisation_study
+
+    data, s = cfg["data"], _samples(cfg)
+    if data["kind"] != "coco_it":
+        raise ReproduceError(f"data.kind={data['kind']!r}: this table is measured on COCO-IT (kind: coco_it)")
+    items = coco.coco_it(_data_root(cfg), split=data.get("split", "val2014"), limit=data.get("limit"))
+    images, cases = coco.localisation_inputs(items, model.image_size)
+    if not any(c.targets for c in cases):
+        raise ReproduceError(f"no COCO-IT item under {_data_root(cfg)} has a word with a mask; check data.root")
+    res = localisation_study(model, images, cases, executor=_executor(cfg), out=out / "localisation", **s)
+    published = _published(cfg)
+    rows = []
+    image = np.array([r["image"] for r in res.records])
+    for m, curves in res.iou_curves.items():
+        best, held = _miou_intervals(curves, image, seed=s.get("seed", 0))
+        rows.append(_row(f"mIoU % ({m})", "published", *best, published.get(m), len(curves),
+                         "best of 50 thresholds chosen on the evaluation set itself"))
+        rows.append(_row(f"mIoU % ({m})", "held-out", *held, None, len(curves),
+                         "threshold chosen on the even-numbered images, scored on the odd-numbered"))
+        auc = np.array([r["auroc"][m] for r in res.records], float)
+        rows.append(_row(f"AUROC ({m})", "threshold-free", np.nanmean(auc), _boot_mean(auc, image), None, len(auc)))
+    return rows
+
+
+def _miou_intervals(curves: np.ndarray, image: np.ndarray, seed: int = 0, n_boot: int = 1000):
+    """(value, 95 % interval) of the best-threshold mIoU and of the held-out-threshold mIoU (in %), the
+    interval by resampling images (their words together) and re-running the threshold choice each time."""
+    from .metrics import bootstrap_ci
+
+    ids = np.unique(image)
+    rows_of = [np.flatnonzero(image == i) for i in ids]
+
+    def best(idx):
+        sel = np.concatenate([rows_of[i] for i in idx])
+        return 100 * curves[sel].mean(0).max()
+
+    def held(idx):
+        cal = [rows_of[i] for i in idx if ids[i] % 2 == 0]
+        ev = [rows_of[i] for i in idx if ids[i] % 2 == 1]
+        if not cal or not ev:
+            return np.nan
+        t = int(np.argmax(curves[np.concatenate(cal)].mean(0)))
+        return 100 * curves[np.concatenate(ev), t].mean()
+
+    everything = np.arange(len(ids))
+    return ((best(everything), bootstrap_ci(best, len(ids), n_boot, seed)),
+            (held(everything), bootstrap_ci(held, len(ids), n_boot, seed) if len(ids) > 1 else None))
+
+
+def _boot_mean(values: np.ndarray, image: np.ndarray, seed: int = 0, n_boot: int = 1000):
+    from .metrics import bootstrap_ci
+
+    ids = np.unique(image)
+    rows_of = [np.flatnonzero(image == i) for i in ids]
+    return bootstrap_ci(lambda idx: np.nanmean(values[np.concatenate([rows_of[i] for i in idx])]), len(ids),
+                        n_boot, seed)
+
+
+def _infodecomp_aro(cfg: dict, model, out: Path) -> list[dict]:
+    """Kong et al.'s caption scoring on ARO: accuracy (%) of the true caption's information margin, Wilson
+    95 % intervals."""
+    from .captions import caption_scoring_study
+    from .datasets import aro
+
+    data, s = cfg["data"], _samples(cfg)
+    if data["kind"] != "aro":
+        raise ReproduceError(f"data.kind={data['kind']!r}: this table is measured on ARO (kind: aro)")
+    published, rows = _published(cfg), []
+    for kind in data.get("sets", ["relation", "attribution"]):
+        items = aro.load_aro(_data_root(cfg), kind, limit=data.get("limit"))
+        images, captions = aro.caption_inputs(items, model.image_size)
+        study = caption_scoring_study(model, images, captions, executor=_executor(cfg), out=out / kind, **s)
+        acc = study.accuracy()[kind]
+        name = f"VG-{kind.capitalize()}"
+        rows.append(_row(f"accuracy % ({name})", "published", 100 * acc["accuracy"],
+                         tuple(100 * c for c in acc["ci95"]), published.get(name), acc["n"]))
+    return rows
+
+
+def _prompt_intervention(cfg: dict, model, out: Path) -> list[dict]:
+    """Kong et al.'s prompt intervention: Pearson correlation of the change a word's removal makes with its CMI
+    map (pixel level) and value (image level), bootstrap 95 % intervals. Items: COCO-IT, the first word."""
+    from .datasets import coco
+    from .intervention import intervention_study
+
+    data, s = cfg["data"], _samples(cfg)
+    if data["kind"] != "coco_it":
+        raise ReproduceError(f"data.kind={data['kind']!r}: this config reads COCO-IT (kind: coco_it)")
+    items = coco.coco_it(_data_root(cfg), split=data.get("split", "val2014"), limit=data.get("limit"))
+    images, cases = coco.localisation_inputs(items, model.image_size)
+    keep = [k for k, c in enumerate(cases) if c.targets]
+    res = intervention_study(model, images[keep], [cases[k].prompt for k in keep],
+                             [cases[k].targets[0].word for k in keep], **s)
+    c = res.correlations(seed=s.get("seed", 0))
+    published = _published(cfg)
+    return [_row("Pearson r (pixel level)", "published", c["pixel_level"]["r"], c["pixel_level"]["ci95"],
+                 published.get("pixel level"), c["n_images"]),
+            _row("Pearson r (image level)", "published", c["image_level"]["r"], c["image_level"]["ci95"],
+                 published.get("image level"), c["n_images"])]
+
+
+def _pid_occupation_audit(cfg: dict, model, out: Path) -> list[dict]:
+    """DiffusionPID's gender audit: redundancy of each group word with each occupation, normalised to [0, 1]
+    across occupations, with bootstrap 95 % intervals over images."""
+    from . import bias
+
+    data, s = cfg["data"], _samples(cfg)
+    if data.get("kind") != "prompt_lists":
+        raise ReproduceError(f"data.kind={data.get('kind')!r}: this audit reads prompt lists (kind: prompt_lists, "
+                             "subjects: LIST, group_words: [...])")
+    subjects = bias.load_list(data["subjects"]) if isinstance(data["subjects"], str) else list(data["subjects"])
+    if data.get("limit"):
+        subjects = subjects[: int(data["limit"])]
+    words = list(data["group_words"])
+    rows_df = bias.pid_audit(model, subjects, words, out / "audit", executor=_executor(cfg), **s)
+    summary = bias.pid_summary(rows_df, seed=s.get("seed", 0))
+    published = _published(cfg)
+    return [_row(f"redundancy, normalised ({r.group}, {r.subject})", "published", r["redundancy (normalised)"],
+                 (r["ci_low (normalised)"], r["ci_high (normalised)"]), published.get(r.group), int(r.n),
+                 f"{r.redundancy:.3g} nats") for _, r in summary.iterrows()]
+
+
+def _conceptattention_segmentation(cfg: dict, model, out: Path) -> list[dict]:
+    """ConceptAttention's zero-shot segmentation needs an MMDiT (joint text-image attention)."""
+    family = getattr(model, "family", None)
+    if not getattr(family, "joint_attention", False):
+        raise ReproduceError(
+            f"ConceptAttention needs a model whose text and image tokens share joint attention (an MMDiT: SD3, "
+            f"Flux); {getattr(model, 'name', model)!r} ({type(family).__name__ if family else type(model).__name__}) "
+            "attends to text by cross-attention. Set model: to an SD3 or Flux pipeline (e.g. --model "
+            "black-forest-labs/FLUX.1-schnell)")
+    from . import joint_attention
+
+    method = getattr(joint_attention, "concept_attention", None)
+    if method is None:
+        raise ReproduceError("ConceptAttention's saliency is not in this version of nbhelpers yet "
+                             "(nbhelpers.joint_attention has no concept_attention); this config runs once it is")
+    raise ReproduceError("the ConceptAttention runner is not wired to nbhelpers.joint_attention.concept_attention "
+                         "yet; see issue 18")
+
+
+TABLES = {
+    "infodecomp_localisation": _infodecomp_localisation,
+    "infodecomp_aro": _infodecomp_aro,
+    "prompt_intervention": _prompt_intervention,
+    "pid_occupation_audit": _pid_occupation_audit,
+    "conceptattention_segmentation": _conceptattention_segmentation,
+}
+
+
+# -- command line -------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="nbhelpers reproduce", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", help="a YAML file such as configs/reproduce/infodecomp_localisation.yaml")
+    ap.add_argument("--model", help="model name or folder (overrides model:)")
+    ap.add_argument("--device", help="auto, cpu, cuda, mps")
+    ap.add_argument("--data-root", help="the data set's root folder (overrides data.root)")
+    ap.add_argument("--limit", type=int, help="only the first N items of the data set")
+    ap.add_argument("--out", help="results folder (default runs/reproduce/NAME)")
+    ap.add_argument("--executor", help="local or ray (the running Ray cluster)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY.SUB=VALUE", help="override any config value")
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_config(a.config)
+        for key, value in (("model", a.model), ("device", a.device), ("data.root", a.data_root),
+                           ("data.limit", a.limit), ("out", a.out), ("executor", a.executor)):
+            if value is not None:
+                cfg = override(cfg, f"{key}={value}")
+        for assignment in a.set:
+            cfg = override(cfg, assignment)
+        rep = run(cfg)
+    except NbhelpersError as e:
+        print(f"nbhelpers reproduce: {e}", file=sys.stderr)
+        return 2
+    print(rep)
+    print(f"\nwritten: {rep.out / 'table.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
