@@ -303,23 +303,75 @@ def _pid_occupation_audit(cfg: dict, model, out: Path) -> list[dict]:
                  f"{r.redundancy:.3g} nats") for _, r in summary.iterrows()]
 
 
+def _segmentation_items(cfg: dict):
+    from .datasets import segmentation
+
+    data = cfg["data"]
+    if data["kind"] == "imagenet_segmentation":
+        names = data.get("names")
+        if isinstance(names, str):  # a JSON file {wnid: word}
+            names = json.loads(Path(names).expanduser().read_text())
+        items = segmentation.load_imagenet_segmentation(_data_root(cfg), names=names, limit=data.get("limit"))
+        unnamed = sorted({it.label for it in items if not it.word})
+        if unnamed:
+            raise ReproduceError(f"{len(unnamed)} synset(s) without a concept word (e.g. {unnamed[:3]}); give data.names: "
+                                 "a JSON file or mapping {wnid: word} (gtsegs_ijcv.mat holds synset ids only)")
+        return items
+    if data["kind"] == "voc":
+        return segmentation.load_voc(_data_root(cfg), split=data.get("split", "val"),
+                                     single_class=bool(data.get("single_class", True)), limit=data.get("limit"))
+    raise ReproduceError(f"data.kind={data['kind']!r}: ConceptAttention's benchmarks are imagenet_segmentation and voc")
+
+
+def _average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision of ``scores`` ranking the pixels of ``labels`` (mean precision at each positive)."""
+    order = np.argsort(-scores.ravel(), kind="stable")
+    y = labels.ravel()[order]
+    if not y.any():
+        return float("nan")
+    hits = np.cumsum(y)
+    return float((hits[y] / (np.flatnonzero(y) + 1)).mean())
+
+
 def _conceptattention_segmentation(cfg: dict, model, out: Path) -> list[dict]:
-    """ConceptAttention's zero-shot segmentation needs an MMDiT (joint text-image attention)."""
+    """ConceptAttention's zero-shot segmentation (Helbling et al.): each image's class word among the other
+    concepts (``samples.concepts``, default ["background"]); a pixel is the class's when its map wins the
+    softmax over concepts. Pixel accuracy, mean IoU of the two classes (object, rest) and average precision of
+    the class's soft map, in %, per image then averaged, with bootstrap 95 % intervals over images. Needs an
+    MMDiT (joint attention)."""
+    from .concept_attention import concept_attention_maps
+    from .datasets import square
+    from .metrics import bootstrap_ci, iou, upsample
+
     family = getattr(model, "family", None)
     if not getattr(family, "joint_attention", False):
         raise ReproduceError(
             f"ConceptAttention needs a model whose text and image tokens share joint attention (an MMDiT: SD3, "
-            f"Flux); {getattr(model, 'name', model)!r} ({type(family).__name__ if family else type(model).__name__}) "
-            "attends to text by cross-attention. Set model: to an SD3 or Flux pipeline (e.g. --model "
-            "black-forest-labs/FLUX.1-schnell)")
-    from . import joint_attention
+            f"Flux); {getattr(model, 'name', model)!r} ({getattr(family, 'title', type(model).__name__)}) attends "
+            "to text by cross-attention. Set model: to an SD3 or Flux pipeline (e.g. --model flux-schnell)")
+    s = _samples(cfg)
+    others = list(s.pop("concepts", ["background"]))
+    seed = int(s.pop("seed", 0))
+    items = _segmentation_items(cfg)
+    size = model.image_size
+    acc, miou, ap = [], [], []
+    from tqdm.auto import tqdm
 
-    method = getattr(joint_attention, "concept_attention", None)
-    if method is None:
-        raise ReproduceError("ConceptAttention's saliency is not in this version of nbhelpers yet "
-                             "(nbhelpers.joint_attention has no concept_attention); this config runs once it is")
-    raise ReproduceError("the ConceptAttention runner is not wired to nbhelpers.joint_attention.concept_attention "
-                         "yet; see issue 18")
+    for k, it in enumerate(tqdm(items, desc="ConceptAttention", leave=False)):
+        image, mask = square(it.image(), size, it.mask)
+        concepts = [it.word] + [c for c in others if c != it.word]
+        maps = concept_attention_maps(model, image, concepts, seed=seed + k, **s)
+        up = np.stack([upsample(maps[c], size) for c in concepts])
+        pred = up.argmax(0) == 0
+        acc.append(100 * float((pred == mask).mean()))
+        miou.append(100 * (iou(pred, mask) + iou(~pred, ~mask)) / 2)
+        ap.append(100 * _average_precision(up[0], mask))
+    published, rows = _published(cfg), []
+    for name, vals in (("pixel accuracy", acc), ("mIoU", miou), ("mAP", ap)):
+        v = np.asarray(vals, float)
+        ci = bootstrap_ci(lambda i: np.nanmean(v[i]), len(v), 1000, seed) if len(v) > 1 else None
+        rows.append(_row(f"{name} %", "published", np.nanmean(v), ci, published.get(name), len(v)))
+    return rows
 
 
 TABLES = {

@@ -138,3 +138,19 @@ def test_conceptattention_needs_joint_attention(toy_model, tmp_path):
     cfg = reproduce.load_config(CONFIGS / "conceptattention_segmentation.yaml")
     with pytest.raises(reproduce.ReproduceError, match="joint attention.*cross-attention"):
         reproduce.run(dict(cfg, out=str(tmp_path)), model=toy_model)
+
+
+def test_conceptattention_table_runs_on_a_tiny_flux_and_a_voc_fixture(tmp_path, capsys):
+    """The plumbing on a tiny random Flux pipeline (its numbers mean nothing): one row per metric, in range."""
+    from nbhelpers.toyworld.tiny import save_tiny_pipeline
+    from test_datasets import write_voc
+
+    folder = save_tiny_pipeline(tmp_path / "flux", family="flux-schnell")
+    write_voc(tmp_path / "VOC2012")
+    rc = reproduce.main([str(CONFIGS / "conceptattention_segmentation.yaml"), "--model", str(folder), "--device",
+                         "cpu", "--data-root", str(tmp_path / "VOC2012"), "--out", str(tmp_path / "o"),
+                         "--set", "data.kind=voc", "--set", "data.single_class=false", "--set", "samples.n=2"])
+    assert rc == 0, capsys.readouterr().err
+    t = pd.read_csv(tmp_path / "o" / "table.csv")
+    assert list(t.metric) == ["pixel accuracy %", "mIoU %", "mAP %"] and (t.n == 3).all()
+    assert t.ours.between(0, 100).all() and set(t.published) == {"not stated"}
