@@ -319,11 +319,21 @@ def emergence_figure(curves: dict, settled_table, title: str = ""):
     return fig
 
 
+def nothing_to_show(message: str):
+    """A small figure that says why there is no plot (e.g. an audit whose reader read no image)."""
+    fig, ax = plt.subplots(figsize=(5.0, 1.0))
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=9, wrap=True)
+    ax.set_axis_off()
+    return fig
+
+
 def bias_heatmap(table, dimension: str, title: str = ""):
     """seaborn heat map, subjects × groups of one dimension: rate minus the reference rate (signed
     percentage points), flagged cells marked with *."""
     import seaborn as sns
 
+    if table.empty or not (table.dimension == dimension).any():
+        return nothing_to_show(f"{dimension}: no image was read into a group, nothing to compare")
     t = table[table.dimension == dimension].copy()
     t["excess"] = 100 * (t.rate - t.reference)
     grid = t.pivot(index="subject", columns="group", values="excess")
@@ -377,6 +387,8 @@ def guidance_rates(rows, planted=None, title: str = ""):
 def forest_plot(table, dimension: str, group: str, title: str = ""):
     """Rate of ``group`` per subject with its bootstrap 95 % interval, the reference rate, flagged
     subjects in red; subjects sorted by rate."""
+    if table.empty or not ((table.dimension == dimension) & (table.group == group)).any():
+        return nothing_to_show(f"{dimension} = {group}: no image was read into this group")
     t = table[(table.dimension == dimension) & (table.group == group)].sort_values("rate")
     fig, ax = plt.subplots(figsize=(5.0, 0.28 * len(t) + 1.2))
     y = np.arange(len(t))

@@ -98,4 +98,13 @@ def generated_pairs(model, n_images: int, seed: int = 0, steps: int = 25, guidan
                 masks.append([r.mask for r in match_readings(s, img)])
         if len(scenes) >= n_images:
             break
+    if not scenes:
+        raise NoWorldPicturesError(
+            f"none of the {len(pool)} generations of {getattr(model, 'name', 'the model')!r} drew its caption as the world's "
+            "checker reads it (a model that has not learned this world); use the world's own pictures "
+            "(world_pairs, source='render') instead")
     return scenes[:n_images], np.stack(images[:n_images]), masks[:n_images]
+
+
+class NoWorldPicturesError(RuntimeError):
+    """A model's generations held no picture the world's checker reads as its caption."""
