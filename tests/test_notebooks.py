@@ -9,9 +9,11 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 
 # Every lesson's checks must hold for any seed, not the one they were written with: each lesson runs in fast mode
-# with its own default seed and with three others (the checks' tolerances come from standard errors or sample sizes).
+# with its own default seed and with one other, the others taking turns so that each of them runs two lessons (the
+# checks' tolerances come from standard errors or sample sizes). Every lesson with all three seeds: about 7.5 more
+# minutes, run by hand with `nbhelpers report --fast -p seed=S` (all passed on 2026-12-02/03).
 OTHER_SEEDS = (1, 7, 12345)
-RUNS = [(p, None) for p in NOTEBOOKS] + [(p, s) for s in OTHER_SEEDS for p in NOTEBOOKS]
+RUNS = [(p, None) for p in NOTEBOOKS] + [(p, OTHER_SEEDS[i % len(OTHER_SEEDS)]) for i, p in enumerate(NOTEBOOKS)]
 
 
 @pytest.mark.parametrize("path,seed", RUNS, ids=[f"{p.stem}-seed{'default' if s is None else s}" for p, s in RUNS])
