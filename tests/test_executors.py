@@ -192,3 +192,17 @@ def test_ray_localisation_equals_the_local_one(ray_executor, toy_model, tmp_path
     assert again.records == here.records
     with pytest.raises(ArgumentError, match="other settings"):
         localisation_study(toy_model, images, cases, out=tmp_path / "loc", **dict(args, n=6))
+
+
+def test_ray_caption_scoring_equals_the_local_one(ray_executor, toy_model, tmp_path):
+    from nbhelpers.captions import caption_scoring_study
+    from nbhelpers.toyworld.scenes import caption_swaps, world_pairs
+
+    scenes, images, _ = world_pairs(3, seed=8)
+    captions = caption_swaps(scenes)
+    with one_thread():
+        here = caption_scoring_study(toy_model, images, captions, n=4, seed=1)
+    there = caption_scoring_study(toy_model, images, captions, n=4, seed=1, executor=ray_executor, out=tmp_path / "c")
+    assert len(here.records) == sum(len(sw) for _, sw in captions) and here.records == there.records
+    again = caption_scoring_study(toy_model, images, captions, n=4, seed=1, out=tmp_path / "c")  # from the table
+    assert again.records == here.records
