@@ -15,20 +15,52 @@ A concept word ("nurse") is explained as a sparse, weighted mixture of vocabular
    words out. The candidates are the words of ``vocabulary=`` when one is given (a small model's own
    word list; the toy world's lessons pass the world's words), else the tokenizer's
    whole-word tokens (those that end a word, ``...</w>``, letters only, at least two of them), which is
-   the paper's vocabulary for SD. A given vocabulary also bounds the concept: a concept word outside it
-   is refused with the vocabulary listed.
+   the paper's vocabulary for SD (for a sentencepiece tokenizer, T5's: the tokens that start a word,
+   ``▁...``). A given vocabulary also bounds the concept: a concept word outside it is refused with the
+   vocabulary listed.
 3. **Coefficients.** A 2-layer MLP (d → 100 → 1, ReLU, |·|) maps each entry's input embedding ``w_i`` to a
    coefficient ``α_i ≥ 0``. The pseudo-token ``Σ α_i w_i`` is renormalised to ``target_norm`` (the mean
    norm of the input embeddings of the vocabulary's word tokens) and put in place of the placeholder
    of ``template`` in the text encoder's **input token embeddings** (a forward hook on the token
-   embedding layer: this transformers' ``CLIPTextModel`` takes no ``inputs_embeds``).
+   embedding layer: this transformers' ``CLIPTextModel`` takes no ``inputs_embeds``); with several
+   text encoders, in every one of them (below).
 4. **Loss.** The denoising loss on the (precomputed) VAE latents of the training images, t uniform,
    noised with :func:`nbhelpers.immse.add_noise`, in ε-space (``model.eps``, which converts v-prediction
    to ε) plus the sparsity term ``λ·(1 − cos(top-k mix, full mix))``. AdamW (fused on CUDA); on a GPU
-   the frozen UNet and text encoder run in the model's fp16/bf16 with a gradient scaler for fp16, the
-   coefficients stay fp32.
+   the frozen pipeline (every module of ``pipe.components``: denoiser, VAE, text encoders) runs in the
+   model's fp16/bf16 with a gradient scaler for fp16, the coefficients stay fp32.
 5. **Best step.** Every ``eval_every`` steps the pseudo-token generates the validation seeds; the step
    whose images are most similar to the concept's own validation images (same seeds) wins.
+
+**Families with several text encoders: where the pseudo-token lives.** SDXL reads the prompt with
+CLIP-L and OpenCLIP-G, SD3 with CLIP-L, OpenCLIP-G and T5, Flux with T5 (the tokens it attends to) and
+CLIP-L (its pooled vector); PixArt has T5 alone. The coefficients α are over vocabulary *words*
+(dictionary entries), and the pseudo-token lives in **every** encoder's own input-embedding space at
+once: in encoder e it is ``Σ α_i E_e[word_i]``, renormalised to that encoder's own ``target_norm_e``.
+One α, one pseudo-token per encoder, all put in place of the same placeholder, each by a hook on its
+encoder's token-embedding layer; the pipeline's own ``encode_prompt`` then makes the full condition
+(hidden states, pooled embeddings, masks, time ids), differentiable in α. Why: (i) an embedding vector
+means something only in the table it was trained with: CLIP-L's 768 dimensions, OpenCLIP-G's 1,280 and
+T5's 4,096 are unrelated spaces, so no one encoder's vector can stand in for the others; (ii) an encoder
+left out would keep reading either the concept word (which then draws the concept by itself, and the
+mixture learns nothing: for Flux, a pseudo-token only in CLIP would touch only the pooled vector while
+T5 still says "nurse") or a meaningless placeholder, a condition the denoiser never saw, explained by
+nobody; (iii) a decomposition is a statement about words ("nurse ≈ 0.6 circle + 0.3 warm"): one α
+over words keeps it one statement whatever the family, and with all weight on one word every encoder
+receives exactly that word's embedding (up to the norm), so the condition is the template with that word
+(``tests/test_conceptor_families.py`` checks it to 1e-5 in every encoder of every family). Entries are
+the pieces of the family's **first** encoder (``model.tokenizer``: CLIP-L for SDXL and SD3, T5 for Flux
+and PixArt; labels, ``token_id`` and ``Decomposition.embeddings`` are that encoder's); in each other
+encoder an entry is embedded as the same piece when that encoder splits the word into as many pieces,
+else as the mean of that encoder's pieces of the word (its one token when it writes the word whole:
+``triangle[tri]`` and ``triangle[angle]`` are both T5's ``▁triangle``; a different split is averaged, an
+approximation recorded in ``params["averaged_pieces"]``). ``multi_token="skip"`` keeps only words that
+every encoder writes as one token. The coefficient MLP reads an entry's embeddings in all encoders side
+by side; the sparsity term is the mean of the encoders' terms. Each encoder's pseudo-token is in
+``Decomposition.tokens()``.
+The placeholder is ``_`` unless an encoder writes it as several tokens (a sentencepiece vocabulary without
+a ``▁_`` piece writes ``▁`` + ``_``); then the first of ``conceptor_training.PLACEHOLDER_CANDIDATES`` that
+every encoder writes as one token, once in the template.
 
 The training hyper-parameters (``k``, ``steps``, ``lr``, ``batch_size``, ``sparsity``, ``eval_every``, ``hidden``,
 ``standardise``, ``n_train``, ``n_val``, ``seed``, ``gen_steps``, ``guidance``) form a
@@ -61,7 +93,7 @@ import torch
 
 from .cache import cached
 from .conceptor_training import (DEFAULT_TEMPLATE, ConceptorConfig, check_template, encode_with_token,  # noqa: F401
-                                 pseudo_token, train_mixture)
+                                 pseudo_token, pseudo_tokens, text_encoders, train_mixture)
 from .immse import add_noise
 from .metrics import pearson
 from .validate import ArgumentError, seeds as seed_list, validated
@@ -120,10 +152,11 @@ def concept_images(model, concept: str, seeds, template: str | None = None, step
 
 
 @validated(rules={"seeds": seed_list})
-def generate_from_condition(model, cond: torch.Tensor, seeds, steps: int = 25, guidance: float = 3.0,
+def generate_from_condition(model, cond, seeds, steps: int = 25, guidance: float = 3.0,
                             batch_size: int = 16) -> np.ndarray:
-    """uint8 images (N, H, W, 3) from text-encoder hidden states ``cond`` (batch 1, or one per seed):
-    ``model.generate(cond=...)`` in batches (empty prompt as the negative, each seed's own noise)."""
+    """uint8 images (N, H, W, 3) from a condition ``cond`` (batch 1, or one per seed; SD's hidden states
+    (B, L, D) or another family's :class:`~nbhelpers.families.Condition`): ``model.generate(cond=...)``
+    in batches (the family's null condition as the negative, each seed's own noise)."""
     seeds = _seed_list(seeds)
     if cond.shape[0] not in (1, len(seeds)):
         raise ArgumentError(f"cond has batch {cond.shape[0]}; give 1 or one per seed ({len(seeds)})")
@@ -180,23 +213,52 @@ def _word_tokens(tokenizer, word: str) -> list[int]:
     return list(tokenizer(word, add_special_tokens=False)["input_ids"])
 
 
+def _word_ids(tokenizer, word: str) -> list[int]:
+    special = set(tokenizer.all_special_ids)
+    return [i for i in _word_tokens(tokenizer, word) if i not in special]
+
+
+def _whole_word_marker(vocab: dict) -> tuple[str, str]:
+    """How the tokenizer marks a whole word: CLIP's BPE ends it with ``</w>``, sentencepiece (T5) starts
+    it with ``▁``; returned as (prefix, suffix)."""
+    return ("", "</w>") if any(t.endswith("</w>") for t in vocab) else ("\u2581", "")
+
+
+def _other_encoders(model) -> list:
+    """The family's text encoders after the first (whose tokens the entries are); [] for SD 1.x/2.x."""
+    return text_encoders(model)[1:]
+
+
 def candidate_entries(model, vocabulary: Sequence[str] | None = None, exclude: Sequence[str] = (),
                       multi_token: str = "pieces") -> list[Entry]:
     """The dictionary's candidates (see the module docstring): entries for the words of ``vocabulary``
-    (default: every whole-word token of the tokenizer) minus :data:`STOP_WORDS` and ``exclude``."""
+    (default: every whole-word token of the first encoder's tokenizer) minus :data:`STOP_WORDS` and
+    ``exclude``. Entries are the first encoder's tokens; with ``multi_token="skip"`` a word is kept only
+    if every text encoder of the family writes it as one token."""
     if multi_token not in ("pieces", "skip"):
         raise ArgumentError(f"multi_token must be 'pieces' or 'skip', not {multi_token!r}")
     tok = model.tokenizer
     special = set(tok.all_special_ids)
     drop = {w.lower() for w in exclude} | STOP_WORDS
+    others = [e.tokenizer for e in _other_encoders(model)]
+
+    def fits_elsewhere(w: str) -> bool:
+        """Every other encoder spells ``w`` (with "skip": as one token)."""
+        counts = [len(_word_ids(t, w)) for t in others]
+        return all(n == 1 for n in counts) if multi_token == "skip" else all(counts)
+
     entries: list[Entry] = []
     seen: set[int] = set()
     if vocabulary is None:
-        for t, i in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]):
-            if not t.endswith("</w>") or i in special:
+        vocab = tok.get_vocab()
+        pre, suf = _whole_word_marker(vocab)
+        for t, i in sorted(vocab.items(), key=lambda kv: kv[1]):
+            if not (t.startswith(pre) and t.endswith(suf)) or len(t) <= len(pre) + len(suf) or i in special:
                 continue
-            w = t[: -len("</w>")]
+            w = t[len(pre): len(t) - len(suf)]
             if len(w) >= 2 and w.isalpha() and w.lower() not in drop and i not in seen:
+                if others and not fits_elsewhere(w):
+                    continue
                 seen.add(i)
                 entries.append(Entry(i, t, w))
         return entries
@@ -206,11 +268,41 @@ def candidate_entries(model, vocabulary: Sequence[str] | None = None, exclude: S
         ids = [i for i in _word_tokens(tok, w) if i not in special]
         if not ids or (len(ids) > 1 and multi_token == "skip"):
             continue
+        if others and not fits_elsewhere(w):
+            continue
         for j, i in enumerate(ids):
             if i not in seen:
                 seen.add(i)
                 entries.append(Entry(i, tok.convert_ids_to_tokens(i), w, j, len(ids)))
     return entries
+
+
+def entry_embeddings(model, entries: Sequence[Entry]) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Each entry's input embedding in every text encoder of the family: ({encoder label: (n, d_e) float32
+    on the CPU}, {label: words whose pieces were averaged there}). The first encoder's rows are the
+    entries' own tokens; in another encoder an entry is the same piece of its word when that encoder
+    splits the word into as many pieces, else the mean of that encoder's pieces of the word (the word's
+    one token when it writes it whole). See the module docstring."""
+    encs = text_encoders(model)
+    first = encs[0].embedding_table().float().cpu()
+    out = {encs[0].label: first[[e.token_id for e in entries]]}
+    averaged: dict[str, list[str]] = {}
+    for enc in encs[1:]:
+        table = enc.embedding_table().float().cpu()
+        rows = []
+        for e in entries:
+            ids = _word_ids(enc.tokenizer, e.word)
+            if not ids:
+                raise ArgumentError(f"the {enc.label} tokenizer writes {e.word!r} as no token; leave it out of the "
+                                    "vocabulary")
+            if len(ids) == e.n_pieces:
+                rows.append(table[ids[e.piece]])
+            else:
+                rows.append(table[ids].mean(0))
+                if len(ids) > 1 and e.word not in averaged.get(enc.label, []):
+                    averaged.setdefault(enc.label, []).append(e.word)
+        out[enc.label] = torch.stack(rows) if rows else table[:0]
+    return out, averaged
 
 
 class DenoiserScorer:
@@ -244,10 +336,28 @@ class DenoiserScorer:
         return np.asarray(scores)
 
 
+def pooled_text(cond) -> torch.Tensor:
+    """One vector per prompt (B, D) from a family's condition, for :class:`TextScorer`: SDXL's pooled
+    OpenCLIP-G embedding (``text_embeds``), SD3's pooled CLIP-L and OpenCLIP-G (``pooled_projections``),
+    Flux's pooled CLIP-L (``pooled_projections``); PixArt, which has no pooled vector, the mean of T5's
+    hidden states over its attention mask (the real tokens)."""
+    tensors = getattr(cond, "tensors", {})
+    for name in ("text_embeds", "pooled_projections"):
+        if name in tensors:
+            return tensors[name].float()
+    h = cond.prompt_embeds.float() if tensors else cond.float()
+    mask = tensors.get("prompt_attention_mask")
+    if mask is None:
+        return h.mean(1)
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+
+
 class TextScorer:
     """Cheap, image-free: cosine similarity of the text encoder's pooled output (its end token) for
     ``template.format(word)`` and ``template.format(concept)``. For very large vocabularies (SD's
-    49k tokens) where scoring every word with the denoiser would take too long."""
+    49k tokens) where scoring every word with the denoiser would take too long. Families other than SD
+    1.x/2.x use their condition's pooled vector (:func:`pooled_text`)."""
 
     name = "text"
 
@@ -256,12 +366,18 @@ class TextScorer:
 
     @torch.no_grad()
     def __call__(self, model, words, template, concept, images, latents, seed: int = 0):
+        one_clip = len(_other_encoders(model)) == 0 and getattr(model.family, "name", "sd") == "sd"
+
         def pooled(prompts):
             out = []
             for i in range(0, len(prompts), self.batch_size):
-                ids = model.tokenizer(prompts[i : i + self.batch_size], padding="max_length",
-                                      max_length=model.max_tokens, truncation=True, return_tensors="pt").input_ids
-                out.append(model.pipe.text_encoder(ids.to(model.device))[1].float().cpu())
+                chunk = prompts[i : i + self.batch_size]
+                if one_clip:  # SD 1.x/2.x: CLIP's pooled output (its end token)
+                    ids = model.tokenizer(chunk, padding="max_length", max_length=model.max_tokens, truncation=True,
+                                          return_tensors="pt").input_ids
+                    out.append(model.pipe.text_encoder(ids.to(model.device))[1].float().cpu())
+                else:
+                    out.append(pooled_text(model.family.encode(chunk, model.device, model.dtype)).cpu())
             return torch.cat(out)
 
         ref = pooled([template.format(concept)])
@@ -285,13 +401,28 @@ def _resolve_scorer(scorer, n_words: int):
 
 @dataclass
 class Dictionary:
-    """The dictionary's entries, their input embeddings (n, d), scores, and the pseudo-token's norm."""
+    """The dictionary's entries, their input embeddings (n, d) in the first text encoder, scores, and the
+    pseudo-token's norm there; for a family with several encoders, ``encoder`` (the first's label) and
+    ``more_embeddings``/``more_norms`` ({label: (n, d_e)}, {label: norm}) for the others, and
+    ``averaged`` ({label: words whose pieces were averaged}, see :func:`entry_embeddings`)."""
 
     entries: list[Entry]
     embeddings: torch.Tensor
     scores: np.ndarray
     target_norm: float
     scorer: str
+    encoder: str = ""
+    more_embeddings: dict = field(default_factory=dict)
+    more_norms: dict = field(default_factory=dict)
+    averaged: dict = field(default_factory=dict)
+
+    def spaces(self):
+        """What :func:`~nbhelpers.conceptor_training.train_mixture` takes: (embeddings, target_norm) for one
+        encoder, ({label: (n, d_e)}, {label: norm}) for several."""
+        if not self.more_embeddings:
+            return self.embeddings, self.target_norm
+        return ({self.encoder: self.embeddings, **self.more_embeddings},
+                {self.encoder: self.target_norm, **self.more_norms})
 
 
 def build_dictionary(model, concept: str, images=None, latents=None, vocabulary: Sequence[str] | None = None,
@@ -303,15 +434,16 @@ def build_dictionary(model, concept: str, images=None, latents=None, vocabulary:
     (:class:`TextScorer`), "auto" (denoiser for up to 512 words, else text) or any callable
     ``scorer(model, words, template, concept, images, latents, seed=...)`` returning one score per word
     (higher: a better candidate). ``vocabulary``: the candidate words (see :func:`candidate_entries`).
-    ``target_norm`` is the mean norm of all candidates' input embeddings."""
+    ``target_norm`` is the mean norm of all candidates' input embeddings (in each encoder, its own)."""
     template = check_template(template)
     excl = list(exclude) + (concept.lower().split() if exclude_concept else [])
     entries = candidate_entries(model, vocabulary, excl, multi_token)
     if not entries:
         raise ArgumentError("the dictionary is empty: no candidate word is left after the exclusions; "
                          "pass vocabulary=[...]")
-    table = model.pipe.text_encoder.get_input_embeddings().weight.detach().float().cpu()
-    all_emb = table[[e.token_id for e in entries]]
+    per_encoder, averaged = entry_embeddings(model, entries)
+    labels = list(per_encoder)
+    all_emb = per_encoder[labels[0]]
     target_norm = float(all_emb.norm(dim=1).mean())
     uniq = list(dict.fromkeys(e.word for e in entries))
     sc = _resolve_scorer(scorer, len(uniq))
@@ -320,8 +452,13 @@ def build_dictionary(model, concept: str, images=None, latents=None, vocabulary:
     word_scores = dict(zip(uniq, np.asarray(sc(model, uniq, template, concept, images, latents, seed=seed), float)))
     scores = np.array([word_scores[e.word] for e in entries])
     order = np.argsort(-scores, kind="stable")[: int(size)]
-    return Dictionary([entries[i] for i in order], all_emb[order].clone(), scores[order], target_norm,
-                      getattr(sc, "name", type(sc).__name__))
+    kept = [entries[i] for i in order]
+    more = {lab: per_encoder[lab][order].clone() for lab in labels[1:]}
+    norms = {lab: float(per_encoder[lab].norm(dim=1).mean()) for lab in labels[1:]}
+    kept_words = {e.word for e in kept}
+    averaged = {lab: [w for w in ws if w in kept_words] for lab, ws in averaged.items()}
+    return Dictionary(kept, all_emb[order].clone(), scores[order], target_norm, getattr(sc, "name", type(sc).__name__),
+                      labels[0] if len(labels) > 1 else "", more, norms, {k: v for k, v in averaged.items() if v})
 
 
 # --- the result ------------------------------------------------------------------------------------------
@@ -332,7 +469,11 @@ class Decomposition:
     ``alphas``: the coefficients at the best step (one per entry, in dictionary order); ``k``: how many
     tokens the top of the mixture keeps; ``alpha_history`` (n_checkpoints, n_entries) at
     ``history_steps``; ``losses``: the denoising loss per step; ``val_similarity``: mean similarity of
-    the validation images at each checkpoint; ``pseudo_token``: the renormalised full mixture (d,)."""
+    the validation images at each checkpoint; ``pseudo_token``: the renormalised full mixture (d,).
+    ``embeddings`` (n, d), ``target_norm`` and ``pseudo_token`` are in the family's first text encoder;
+    a family with several (SDXL, SD3, Flux) also has ``encoder`` (that first encoder's label) and
+    ``more_embeddings``/``more_norms`` ({label: (n, d_e)}, {label: norm}) for the others; ``tokens()``
+    gives the pseudo-token in every encoder."""
 
     concept: str
     template: str
@@ -349,6 +490,9 @@ class Decomposition:
     losses: list[float]
     embeddings: np.ndarray
     params: dict = field(default_factory=dict)
+    encoder: str = ""
+    more_embeddings: dict = field(default_factory=dict)
+    more_norms: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
@@ -386,16 +530,30 @@ class Decomposition:
         a = torch.as_tensor(self.alphas if alphas is None else np.asarray(alphas, np.float64), dtype=torch.float32)
         return pseudo_token(a, torch.as_tensor(self.embeddings, dtype=torch.float32), self.target_norm, top_k)
 
-    def condition(self, model, alphas=None, top_k: int | None = None) -> torch.Tensor:
-        """Hidden states (1, L, D) of the template with this pseudo-token."""
+    def tokens(self, alphas=None, top_k: int | None = None):
+        """The pseudo-token in every text encoder: {encoder label: (d_e,)} for a family with several
+        (the same α, each encoder's own embeddings and norm), else the tensor (d,) of :meth:`token`."""
+        if not self.more_embeddings:
+            return self.token(alphas, top_k)
+        a = torch.as_tensor(self.alphas if alphas is None else np.asarray(alphas, np.float64), dtype=torch.float32)
+        emb = {self.encoder: self.embeddings, **self.more_embeddings}
+        norms = {self.encoder: self.target_norm, **self.more_norms}
+        return pseudo_tokens(a, {k: torch.as_tensor(v, dtype=torch.float32) for k, v in emb.items()}, norms, top_k)
+
+    def condition(self, model, alphas=None, top_k: int | None = None):
+        """The template's condition with this pseudo-token (batch 1): SD's hidden states (1, L, D), or
+        another family's :class:`~nbhelpers.families.Condition` (pseudo-token in every encoder)."""
+        toks = self.tokens(alphas, top_k)
+        toks = {k: v.to(model.device) for k, v in toks.items()} if isinstance(toks, dict) else toks.to(model.device)
         with torch.no_grad():
-            return encode_with_token(model, self.token(alphas, top_k).to(model.device), self.template)
+            return encode_with_token(model, toks, self.template)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items()}
         d["entries"] = [asdict(e) for e in self.entries]
         for k in ("scores", "alphas", "pseudo_token", "alpha_history", "embeddings"):
             d[k] = np.asarray(d[k]).tolist()
+        d["more_embeddings"] = {k: np.asarray(v).tolist() for k, v in self.more_embeddings.items()}
         d["top"] = self.top()
         return d
 
@@ -407,6 +565,7 @@ class Decomposition:
         for k in ("scores", "alphas", "alpha_history", "embeddings"):
             d[k] = np.asarray(d[k], np.float64)
         d["pseudo_token"] = np.asarray(d["pseudo_token"], np.float32)
+        d["more_embeddings"] = {k: np.asarray(v, np.float64) for k, v in d.get("more_embeddings", {}).items()}
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
@@ -478,8 +637,7 @@ def _decompose(model, concept: str, config: ConceptorConfig, template, vocabular
         gen = generate_from_condition(model, cond, val_seeds, c.gen_steps, c.guidance)
         return float(np.mean([similarity(p, q) for p, q in zip(gen, val_images)]))
 
-    run = train_mixture(model, dic.embeddings, dic.target_norm, latents, template, c, validate, progress,
-                        desc=f"Conceptor '{concept}'")
+    run = train_mixture(model, *dic.spaces(), latents, template, c, validate, progress, desc=f"Conceptor '{concept}'")
     a_t = torch.as_tensor(run.best_alphas, dtype=torch.float32)
     tok_best = pseudo_token(a_t, dic.embeddings, dic.target_norm)
     params = dict(k=c.k, steps=c.steps, n_train=c.n_train, n_val=c.n_val, seed=c.seed, lr=c.lr,
@@ -488,9 +646,13 @@ def _decompose(model, concept: str, config: ConceptorConfig, template, vocabular
                   exclude_concept=exclude_concept, exclude=list(exclude), multi_token=multi_token, hidden=c.hidden,
                   standardise=c.standardise, similarity=getattr(similarity, "__name__", "custom"),
                   train_seeds=train_seeds, val_seeds=val_seeds, model=getattr(model, "name", "?"))
+    if dic.more_embeddings:  # a family with several text encoders (see the module docstring)
+        params.update(encoders=[dic.encoder, *dic.more_embeddings], averaged_pieces=dic.averaged)
     return Decomposition(concept, template, dic.entries, dic.scores, run.best_alphas, int(c.k), dic.target_norm,
                          tok_best.detach().numpy().astype(np.float32), run.best_step, run.history_steps,
-                         run.alpha_history, run.val_similarity, run.losses, dic.embeddings.double().numpy(), params)
+                         run.alpha_history, run.val_similarity, run.losses, dic.embeddings.double().numpy(), params,
+                         dic.encoder, {k: v.double().numpy() for k, v in dic.more_embeddings.items()},
+                         dict(dic.more_norms))
 
 
 # --- using a decomposition -------------------------------------------------------------------------------
@@ -554,9 +716,11 @@ def single_image_decomposition(model, dec: Decomposition, seed: int = 0, start: 
         for s in sets:
             a = np.zeros_like(dec.alphas)
             a[s] = dec.alphas[s]
-            toks.append(dec.token(a))
+            toks.append(dec.tokens(a))
+        stacked = ({k: torch.stack([t[k] for t in toks]).to(model.device) for k in toks[0]}
+                   if isinstance(toks[0], dict) else torch.stack(toks).to(model.device))
         with torch.no_grad():
-            return encode_with_token(model, torch.stack(toks).to(model.device), dec.template)
+            return encode_with_token(model, stacked, dec.template)
 
     ref = generate_from_condition(model, conds([order]), [seed], steps, guidance)[0]
     kept, removed, trace, image = list(order), [], [], ref
