@@ -247,3 +247,30 @@ def resolve_executor(executor) -> LocalExecutor | RayExecutor:
 def shards_of(items: Sequence, size: int) -> list:
     """``items`` cut into consecutive lists of ``size`` (the last may be shorter)."""
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _call_shard(model, shard: dict):
+    return shard["function"](model, **shard["kwargs"])
+
+
+def map_calls(model, function: Callable, calls: Sequence[dict], executor="local", desc: str = "calls") -> list:
+    """``[function(model, **kwargs) for kwargs in calls]`` on any executor, in the order of ``calls``: the way to
+    fan out a method with no study of its own over many inputs (Conceptor over many concepts, an emergence view
+    over many prompts, an estimate over many images). ``function`` must be importable where the workers run (a
+    function of this package, e.g. :func:`nbhelpers.info.mutual_information`); each call is one shard, and its
+    result travels back through Ray. Nothing is written to disk here: with the result cache on
+    (``NBHELPERS_CACHE``), a worker sharing this machine's disk finds the calls it already made."""
+    from tqdm.auto import tqdm
+
+    executor = resolve_executor(executor)
+    calls = list(calls)
+    for i, kw in enumerate(calls):
+        if not isinstance(kw, dict):
+            raise ArgumentError(f"calls[{i}]={kw!r}: give one dict of keyword arguments per call, e.g. "
+                                "[{'prompt': 'a red circle'}, {'prompt': 'a blue square'}]")
+    results: list = [None] * len(calls)
+    with tqdm(total=len(calls), desc=desc, mininterval=2) as bar:
+        for i, r in executor.map(model, _call_shard, [dict(function=function, kwargs=kw) for kw in calls]):
+            results[i] = r
+            bar.update(1)
+    return results

@@ -72,6 +72,17 @@ def test_local_executor_never_imports_ray(tiny_folder, tmp_path):
     assert len(pd.read_csv(tmp_path / "a" / "images.csv")) == 2
 
 
+def test_no_cluster_to_join_is_a_clear_error():
+    """executor="ray" without a running cluster names the ways out (runs before this module starts its own)."""
+    pytest.importorskip("ray")
+    code = ("from nbhelpers.executors import RayExecutor, ExecutorError\n"
+            "try:\n    RayExecutor().connect()\nexcept ExecutorError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "no Ray cluster at address='auto'" in r.stdout and "ray start --head" in r.stdout, r.stdout + r.stderr[-1000:]
+    assert "start_local=True" in r.stdout
+
+
 @contextlib.contextmanager
 def one_thread():
     """torch on one CPU thread, as each Ray worker here (RayExecutor(cpus_per_worker=1))."""
@@ -206,3 +217,19 @@ def test_ray_caption_scoring_equals_the_local_one(ray_executor, toy_model, tmp_p
     assert len(here.records) == sum(len(sw) for _, sw in captions) and here.records == there.records
     again = caption_scoring_study(toy_model, images, captions, n=4, seed=1, out=tmp_path / "c")  # from the table
     assert again.records == here.records
+
+
+def test_map_calls_fans_out_any_method_in_order(ray_executor, toy_model):
+    from nbhelpers.executors import map_calls
+    from nbhelpers.info import mutual_information
+    from nbhelpers.toyworld.scenes import world_pairs
+
+    scenes, images, _ = world_pairs(3, seed=2)
+    calls = [dict(image=im, prompt=sc.caption(), n=4, seed=k) for k, (sc, im) in enumerate(zip(scenes, images))]
+    with one_thread():
+        here = map_calls(toy_model, mutual_information, calls)
+    there = map_calls(toy_model, mutual_information, calls, executor=ray_executor)
+    assert [(r.value, r.stderr) for r in here] == [(r.value, r.stderr) for r in there]
+    assert len({r.value for r in here}) == 3  # three different images, in the order given
+    with pytest.raises(ArgumentError, match="one dict"):
+        map_calls(toy_model, mutual_information, ["a red circle"])
