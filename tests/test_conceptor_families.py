@@ -55,22 +55,6 @@ def _one_word_tokens(m, word: str, batch_words=None):
     return T.pseudo_tokens(a, emb, {k: float(v[i].norm()) for k, v in emb.items()})
 
 
-def _skip_if_generation_from_a_condition_is_refused(m):
-    """``model.generate(cond=...)`` (decompose's validation images) passes the family's
-    ``pipeline_text_args``; a pipeline whose ``negative_prompt`` defaults to a string (PixArt's: "")
-    refuses it next to ``negative_prompt_embeds`` unless those arguments set ``negative_prompt=None``
-    (a fix that belongs in nbhelpers/families). Marked as an expected failure, with the reason, while
-    that is so; the test runs in full once it is fixed."""
-    import inspect
-
-    default = inspect.signature(type(m.pipe).__call__).parameters.get("negative_prompt")
-    null = m.null_condition()
-    if default is not None and default.default is not None \
-            and "negative_prompt" not in m.family.pipeline_text_args(null, null):
-        pytest.xfail(f"{type(m.pipe).__name__}(negative_prompt={default.default!r}) with negative_prompt_embeds is "
-                     f"refused: {type(m.family).__name__}.pipeline_text_args must pass negative_prompt=None")
-
-
 @pytest.mark.parametrize("fam", TINY_FAMILIES)
 def test_text_encoders_are_every_encoder_that_reads_the_prompt(models, fam):
     m = models[fam]
@@ -150,7 +134,6 @@ def test_gradients_reach_alpha_and_each_encoders_token_and_the_weights_stay_froz
 @pytest.mark.parametrize("fam", TINY_FAMILIES)
 def test_decompose_runs_on_every_family(models, fam, tmp_path):
     m = models[fam]
-    _skip_if_generation_from_a_condition_is_refused(m)
     flags = [p.requires_grad for mod in T.pipeline_modules(m) for p in mod.parameters()]
     dec = C.decompose(m, "red circle", steps=1, n_train=1, n_val=1, k=2, gen_steps=2, vocabulary=VOCAB,
                       progress=False)

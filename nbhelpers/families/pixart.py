@@ -64,7 +64,8 @@ class PixArtFamily(Family):
 
     def pipeline_text_args(self, cond, null):
         return dict(prompt_embeds=cond.prompt_embeds, prompt_attention_mask=cond.prompt_attention_mask,
-                    negative_prompt_embeds=null.prompt_embeds, negative_prompt_attention_mask=null.prompt_attention_mask)
+                    negative_prompt_embeds=null.prompt_embeds, negative_prompt_attention_mask=null.prompt_attention_mask,
+                    negative_prompt=None)  # (PixArt's pipeline defaults the negative prompt to "", which clashes)
 
     def step_callback_args(self, on_step_end):
         """PixArt's pipelines have only the older ``callback(step, t, latents)`` (every ``callback_steps``)."""
