@@ -39,7 +39,7 @@ class CaptionStudy:
 
 
 @validated(skip=("captions",))
-@cached("studies", ignore=("progress", "executor", "out"))
+@cached("studies", ignore=("progress", "executor", "out", "images_per_shard"))
 def caption_scoring_study(model, images, captions: list[tuple[str, dict[str, str]]], n: int = 32, seed: int = 0,
                           form: str = "standard", batch_size: int = 32, executor="local", out=None,
                           images_per_shard: int = 1) -> CaptionStudy:

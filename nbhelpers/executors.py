@@ -149,7 +149,8 @@ class RayExecutor:
             return ray
         if self.start_local:
             cpus = self.local_cpus or int((self.workers or 2) * self.cpus_per_worker)
-            ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=self.runtime_env, log_to_driver=False)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env=self.runtime_env,
+                     log_to_driver=False)  # "local": a new instance, never one found in /tmp/ray
             self._started = True
             return ray
         address = self.address or os.environ.get("RAY_ADDRESS") or "auto"
@@ -231,7 +232,8 @@ _DEFAULT_RAY: RayExecutor | None = None
 
 def resolve_executor(executor) -> LocalExecutor | RayExecutor:
     """``"local"`` (or None), ``"ray"`` (:class:`RayExecutor` with its defaults: the running cluster) or an
-    executor object."""
+    executor object. ``"ray"`` is one executor for the whole session, so its actors (a model copy each) are
+    reused by every study on the same model; ``resolve_executor("ray").release()`` frees them."""
     if executor is None or executor == "local":
         return LocalExecutor()
     if executor == "ray":

@@ -111,7 +111,7 @@ RECORD_KEY = ("image", "target")
 
 
 @validated
-@cached("studies", ignore=("progress", "executor", "out"))
+@cached("studies", ignore=("progress", "executor", "out", "images_per_shard"))
 def localisation_study(model, images: np.ndarray, cases: list[LocalisationCase], n: int = 32,
                        attention_n: int = 8, seed: int = 0, batch_size: int = 32,
                        smooth: float = 1.0, form: str = "orthogonal", executor="local", out=None,

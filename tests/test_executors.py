@@ -72,12 +72,13 @@ def test_local_executor_never_imports_ray(tiny_folder, tmp_path):
     assert len(pd.read_csv(tmp_path / "a" / "images.csv")) == 2
 
 
-def test_no_cluster_to_join_is_a_clear_error():
-    """executor="ray" without a running cluster names the ways out (runs before this module starts its own)."""
+def test_no_cluster_to_join_is_a_clear_error(tmp_path):
+    """executor="ray" without a running cluster names the ways out. Ray's temp folder is a fresh one, so
+    neither this module's cluster nor a stale /tmp/ray address file (a killed run's) is found."""
     pytest.importorskip("ray")
     code = ("from nbhelpers.executors import RayExecutor, ExecutorError\n"
             "try:\n    RayExecutor().connect()\nexcept ExecutorError as e:\n    print(e)\n")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = dict({k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, RAY_TMPDIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "no Ray cluster at address='auto'" in r.stdout and "ray start --head" in r.stdout, r.stdout + r.stderr[-1000:]
     assert "start_local=True" in r.stdout
@@ -100,7 +101,7 @@ def ray_executor():
     ray = pytest.importorskip("ray")
     # this module's readers travel to the workers by value (the workers cannot import tests/)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}})
     ex = RayExecutor(workers=2)
     yield ex
