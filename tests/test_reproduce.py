@@ -154,3 +154,13 @@ def test_conceptattention_table_runs_on_a_tiny_flux_and_a_voc_fixture(tmp_path, 
     t = pd.read_csv(tmp_path / "o" / "table.csv")
     assert list(t.metric) == ["pixel accuracy %", "mIoU %", "mAP %"] and (t.n == 3).all()
     assert t.ours.between(0, 100).all() and set(t.published) == {"not stated"}
+
+
+def test_prompt_intervention_table_end_to_end(tmp_path, capsys):
+    write_world_coco(tmp_path / "coco")
+    rc = reproduce.main([str(CONFIGS / "prompt_intervention.yaml"), *TINY, "--data-root", str(tmp_path / "coco"),
+                         "--out", str(tmp_path / "o"), "--set", "samples.n=4", "--set", "samples.steps=3"])
+    assert rc == 0, capsys.readouterr().err
+    t = pd.read_csv(tmp_path / "o" / "table.csv").set_index("metric")
+    assert list(t.published) == [0.27, 0.34] and (t.n == 4).all()
+    assert t.ours.between(-1, 1).all() and (t.ci_low <= t.ci_high).all()
