@@ -203,20 +203,10 @@ def plan(specs: list[NotebookSpec], parameters: dict | None = None,
 
 def load_config(path: str | Path) -> dict:
     """Read and shape-check a YAML report configuration (see the module docstring)."""
-    import yaml
+    from .yaml_config import read_mapping
 
     p = Path(path)
-    if not p.exists():
-        raise ReportConfigError(f"no configuration file at {str(p)!r}")
-    try:
-        cfg = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ReportConfigError(f"{p} is not valid YAML: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ReportConfigError(f"{p} must hold a mapping with keys among {list(CONFIG_KEYS)}")
-    unknown = set(cfg) - set(CONFIG_KEYS)
-    if unknown:
-        raise ReportConfigError(f"{p}: unknown key(s) {sorted(unknown)}; allowed: {list(CONFIG_KEYS)}")
+    cfg = read_mapping(p, CONFIG_KEYS, ReportConfigError)
     for key, kind in (("parameters", dict), ("notebook_parameters", dict), ("notebooks", list)):
         if key in cfg and cfg[key] is not None and not isinstance(cfg[key], kind):
             raise ReportConfigError(f"{p}: {key} must be a {'mapping' if kind is dict else 'list'}")

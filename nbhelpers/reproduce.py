@@ -54,21 +54,11 @@ class Reproduction:
 # -- configs ------------------------------------------------------------------------------------------------
 def load_config(path: str | Path) -> dict:
     """Read and check a reproduce config (YAML)."""
-    import yaml
+    from .yaml_config import read_mapping
 
     p = Path(path)
-    if not p.exists():
-        options = sorted(q.name for q in (Path(__file__).resolve().parent.parent / "configs" / "reproduce").glob("*.yaml"))
-        raise ReproduceError(f"no reproduce config at {str(p)!r}; the shipped ones are configs/reproduce/{options}")
-    try:
-        cfg = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ReproduceError(f"{p} is not valid YAML: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ReproduceError(f"{p} must hold a mapping with keys among {list(CONFIG_KEYS)}")
-    unknown = sorted(set(cfg) - set(CONFIG_KEYS))
-    if unknown:
-        raise ReproduceError(f"{p}: unknown key(s) {unknown}; allowed: {list(CONFIG_KEYS)}")
+    options = sorted(q.name for q in (Path(__file__).resolve().parent.parent / "configs" / "reproduce").glob("*.yaml"))
+    cfg = read_mapping(p, CONFIG_KEYS, ReproduceError, f"; the shipped ones are configs/reproduce/{options}")
     for key in ("name", "table", "model", "data"):
         if key not in cfg:
             raise ReproduceError(f"{p}: no {key!r}; a reproduce config names its table, model and data")

@@ -208,3 +208,37 @@ class Family:
 
     def describe(self) -> str:
         return f"{self.title}; null condition: {self.null_condition_doc}"
+
+
+class RectifiedFlow:
+    """The noise of rectified-flow families (mixed in before :class:`Family`)."""
+
+    def make_noise(self, scheduler):
+        from .noise import FlowMatching
+
+        return FlowMatching(scheduler)
+
+
+class TransformerBlocks:
+    """DF-CAM's feature blocks for DiTs and MMDiTs (mixed in before :class:`Family`): the transformer blocks
+    of the groups ``BLOCK_GROUPS`` names, their image tokens laid out on the token grid."""
+
+    BLOCK_GROUPS: tuple[str, ...] = ("transformer_blocks",)
+    denoiser_attr = "transformer"
+
+    def feature_blocks(self) -> list[str]:
+        return [f"{group}.{i}" for group in self.BLOCK_GROUPS for i in range(len(getattr(self.denoiser, group, [])))]
+
+    def default_feature_block(self) -> str:
+        blocks = self.feature_blocks()
+        return blocks[(2 * len(blocks)) // 3]  # a late block, as DF-CAM's late UNet block
+
+    def block_output(self, output) -> torch.Tensor:
+        """Blocks that also return text tokens return them first (SD3, Flux), the image tokens last."""
+        return output[-1] if isinstance(output, tuple) else output
+
+    def feature_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The block's image tokens (B, N, D) as a grid (B, D, rows, cols)."""
+        rows, cols = self.token_grid()
+        tokens = tokens[:, -rows * cols:]  # (a single-stream block's output without its text tokens)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)

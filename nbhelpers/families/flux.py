@@ -22,22 +22,16 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family, TextEncoderSlot
+from .base import Family, RectifiedFlow, TextEncoderSlot, TransformerBlocks
 from .condition import Condition
 
 
-class FluxFamily(Family):
+class FluxFamily(RectifiedFlow, TransformerBlocks, Family):
     name = "flux"
     title = "Flux.1 (MMDiT with double/single-stream blocks, rectified flow)"
     pipeline_classes = ("FluxPipeline",)
-    denoiser_attr = "transformer"
     null_condition_doc = "the empty prompt through T5 and CLIP (the pipeline's negative prompt for true CFG)"
     guidance = 1.0
-
-    def make_noise(self, scheduler):
-        from .noise import FlowMatching
-
-        return FlowMatching(scheduler)
 
     @property
     def distilled(self) -> str | None:
@@ -116,20 +110,3 @@ class FluxFamily(Family):
     def text_attention_layers(self):
         return [n for n in self.denoiser.attn_processors
                 if n.startswith(("transformer_blocks.", "single_transformer_blocks."))]
-
-    def feature_blocks(self) -> list[str]:
-        return [f"{group}.{i}" for group in self.BLOCK_GROUPS for i in range(len(getattr(self.denoiser, group, [])))]
-
-    def default_feature_block(self) -> str:
-        blocks = self.feature_blocks()
-        return blocks[(2 * len(blocks)) // 3]  # a late block, as DF-CAM's late UNet block
-
-    def block_output(self, output) -> torch.Tensor:
-        """Blocks that also return text tokens return them first (SD3, Flux), the image tokens last."""
-        return output[-1] if isinstance(output, tuple) else output
-
-    def feature_map(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The block's image tokens (B, N, D) as a grid (B, D, rows, cols)."""
-        rows, cols = self.token_grid()
-        tokens = tokens[:, -rows * cols:]  # (a single-stream block's output without its text tokens)
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)

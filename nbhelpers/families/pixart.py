@@ -6,17 +6,14 @@ Null condition: the empty prompt through T5 with its mask (the pipeline's negati
 Text→image attention: each block's cross-attention (``transformer_blocks.N.attn2``)."""
 from __future__ import annotations
 
-import torch
-
-from .base import Family, TextEncoderSlot
+from .base import Family, TextEncoderSlot, TransformerBlocks
 from .condition import Condition
 
 
-class PixArtFamily(Family):
+class PixArtFamily(TransformerBlocks, Family):
     name = "pixart"
     title = "PixArt-Σ/α (DiT with cross-attention, T5, DDPM)"
     pipeline_classes = ("PixArtSigmaPipeline", "PixArtAlphaPipeline")
-    denoiser_attr = "transformer"
     null_condition_doc = "the empty prompt through T5, with its attention mask (the pipeline's negative prompt)"
 
     def patch_multiple(self) -> int:
@@ -45,23 +42,6 @@ class PixArtFamily(Family):
         return out[:, :c] if out.shape[1] == 2 * c else out
 
     BLOCK_GROUPS = ("transformer_blocks",)
-    def feature_blocks(self) -> list[str]:
-        return [f"{group}.{i}" for group in self.BLOCK_GROUPS for i in range(len(getattr(self.denoiser, group, [])))]
-
-    def default_feature_block(self) -> str:
-        blocks = self.feature_blocks()
-        return blocks[(2 * len(blocks)) // 3]  # a late block, as DF-CAM's late UNet block
-
-    def block_output(self, output) -> torch.Tensor:
-        """Blocks that also return text tokens return them first (SD3, Flux), the image tokens last."""
-        return output[-1] if isinstance(output, tuple) else output
-
-    def feature_map(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The block's image tokens (B, N, D) as a grid (B, D, rows, cols)."""
-        rows, cols = self.token_grid()
-        tokens = tokens[:, -rows * cols:]  # (a single-stream block's output without its text tokens)
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
-
     def pipeline_text_args(self, cond, null):
         return dict(prompt_embeds=cond.prompt_embeds, prompt_attention_mask=cond.prompt_attention_mask,
                     negative_prompt_embeds=null.prompt_embeds, negative_prompt_attention_mask=null.prompt_attention_mask,

@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import re
 
-import torch
-
-from .base import Family, TextEncoderSlot
+from .base import Family, RectifiedFlow, TextEncoderSlot, TransformerBlocks
 from .condition import Condition
 
 
-class StableDiffusion3Family(Family):
+class StableDiffusion3Family(RectifiedFlow, TransformerBlocks, Family):
     name = "sd3"
     title = "Stable Diffusion 3/3.5 (MMDiT, rectified flow)"
     pipeline_classes = ("StableDiffusion3Pipeline",)
-    denoiser_attr = "transformer"
     null_condition_doc = "the empty prompt through CLIP-L, OpenCLIP-G and T5 (the pipeline's negative prompt)"
-
-    def make_noise(self, scheduler):
-        from .noise import FlowMatching
-
-        return FlowMatching(scheduler)
 
     def patch_multiple(self) -> int:
         return int(self.denoiser.config.patch_size)
@@ -69,20 +61,3 @@ class StableDiffusion3Family(Family):
     def text_attention_layers(self):
         # the joint attention of each block (SD3.5's extra image-only self-attention "attn2" is not text→image)
         return [n for n in self.denoiser.attn_processors if re.fullmatch(r"transformer_blocks\.\d+\.attn\.processor", n)]
-
-    def feature_blocks(self) -> list[str]:
-        return [f"{group}.{i}" for group in self.BLOCK_GROUPS for i in range(len(getattr(self.denoiser, group, [])))]
-
-    def default_feature_block(self) -> str:
-        blocks = self.feature_blocks()
-        return blocks[(2 * len(blocks)) // 3]  # a late block, as DF-CAM's late UNet block
-
-    def block_output(self, output) -> torch.Tensor:
-        """Blocks that also return text tokens return them first (SD3, Flux), the image tokens last."""
-        return output[-1] if isinstance(output, tuple) else output
-
-    def feature_map(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The block's image tokens (B, N, D) as a grid (B, D, rows, cols)."""
-        rows, cols = self.token_grid()
-        tokens = tokens[:, -rows * cols:]  # (a single-stream block's output without its text tokens)
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
