@@ -606,6 +606,20 @@ def decompose(model, concept: str, config: ConceptorConfig | None = None, *, tem
                       tuple(exclude), multi_token, similarity, images, val_images, progress)
 
 
+def decompose_many(model, concepts: Sequence[str], executor="local", **settings) -> dict[str, "Decomposition"]:
+    """:func:`decompose` for each of ``concepts`` (same ``settings``), one concept per shard on any executor
+    ("local", "ray" or a :class:`nbhelpers.executors.RayExecutor`; each worker loads the model once): the same
+    decompositions as one call per concept here. Returns {concept: Decomposition}."""
+    from .executors import map_calls
+
+    concepts = list(concepts)
+    if not concepts or not all(isinstance(c, str) and c.strip() for c in concepts):
+        raise ArgumentError(f"concepts={concepts!r}: give a list of concept words, e.g. ['nurse', 'lawyer']")
+    results = map_calls(model, decompose, [dict(concept=c, progress=False, **settings) for c in concepts],
+                        executor=executor, desc="conceptor")
+    return dict(zip(concepts, results))
+
+
 @cached("conceptor")
 def _decompose(model, concept: str, config: ConceptorConfig, template, vocabulary, scorer, dictionary_size: int,
                exclude_concept: bool, exclude: tuple, multi_token: str, similarity: Callable, images, val_images,

@@ -311,17 +311,38 @@ class Emergence:
                 "n_images": len(self.prompts)}
 
 
+def _emergence_readings(model, shard: dict) -> tuple[list, np.ndarray]:
+    """One batch of :func:`concept_emergence`: generate ``shard["prompts"]`` with their seeds and read every
+    step's predicted clean image and the final image. Returns (readings per image, log-SNRs per step)."""
+    gen = model.generate(shard["prompts"], seed=shard["seeds"], steps=shard["steps"], guidance=shard["guidance"],
+                         trajectory=True)
+    reader = shard["reader"]
+    logsnrs = np.array([s.logsnr for s in gen.trajectory])
+    n = len(gen.prompts)
+    x0 = model.decode(torch.cat([s.pred_x0 for s in gen.trajectory]))  # (S·n, H, W, 3), step-major
+    per_step = x0.reshape(len(gen.trajectory), n, *x0.shape[1:])
+    readings = []
+    for b in range(n):
+        seq = [reader(per_step[k, b]) for k in range(len(gen.trajectory))]
+        seq.append(reader(gen.images[b]))  # the final image
+        readings.append(seq)
+    return readings, logsnrs
+
+
 @validated(rules={"seeds": seed_list})
-@cached("timesteps")
+@cached("timesteps", ignore=("progress", "executor"))
 def concept_emergence(model, prompts: list[str], seeds: list[int] | None = None, steps: int = 20,
                       guidance: float = 1.0, reader=None, attributes=("colour", "position", "size", "shape"),
-                      batch: int = 32) -> Emergence:
+                      batch: int = 32, executor="local") -> Emergence:
     """Generate each prompt (one seed each), read every step's predicted clean image with
     ``reader(image) -> {attribute: value} or None`` (required: e.g. the toy world's
     ``concepts.emergence_reader``, or any classifier of the attributes) and find
     when each attribute settles on its final value. The default ``guidance=1.0`` reads the model's own
     conditional predictions; with guidance, early predictions are extrapolations (they decode to
-    distorted colours on the toy model)."""
+    distorted colours on the toy model). ``executor``: "local", "ray" or a
+    :class:`nbhelpers.executors.RayExecutor`; one shard per ``batch`` of prompts, read on the worker (the reader
+    must be importable or picklable there), the same result whatever the executor."""
+    from .executors import resolve_executor
     if reader is None or not callable(reader):
         raise ArgumentError("concept_emergence needs reader=, a function image -> {attribute: value} or None that "
                          "reads the attributes in an image, e.g. the toy world's "
@@ -331,19 +352,14 @@ def concept_emergence(model, prompts: list[str], seeds: list[int] | None = None,
     if len(seeds) != len(prompts):
         raise ArgumentError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
     attributes = list(attributes)
-    readings = []  # per image: list over steps of dict|None
-    logsnrs = None
-    for i in tqdm(range(0, len(prompts), batch), desc="emergence", disable=len(prompts) <= batch):
-        gen = model.generate(prompts[i:i + batch], seed=seeds[i:i + batch], steps=steps, guidance=guidance,
-                             trajectory=True)
-        logsnrs = np.array([s.logsnr for s in gen.trajectory])
-        n = len(gen.prompts)
-        x0 = model.decode(torch.cat([s.pred_x0 for s in gen.trajectory]))  # (S·n, H, W, 3), step-major
-        per_step = x0.reshape(len(gen.trajectory), n, *x0.shape[1:])
-        for b in range(n):
-            seq = [reader(per_step[k, b]) for k in range(len(gen.trajectory))]
-            seq.append(reader(gen.images[b]))  # the final image
-            readings.append(seq)
+    shards = [dict(prompts=list(prompts[i:i + batch]), seeds=seeds[i:i + batch], steps=steps, guidance=guidance,
+                   reader=reader) for i in range(0, len(prompts), batch)]
+    by_shard = {}
+    for k, result in tqdm(resolve_executor(executor).map(model, _emergence_readings, shards), total=len(shards),
+                          desc="emergence", disable=len(shards) <= 1):
+        by_shard[k] = result
+    readings = [seq for k in sorted(by_shard) for seq in by_shard[k][0]]  # per image: list over steps of dict|None
+    logsnrs = by_shard[0][1]
     S = len(logsnrs)
     settled = np.full((len(prompts), len(attributes)), S)
     shows = np.zeros((len(prompts), len(attributes), S), bool)

@@ -234,3 +234,23 @@ def test_map_calls_fans_out_any_method_in_order(ray_executor, toy_model):
     assert len({r.value for r in here}) == 3  # three different images, in the order given
     with pytest.raises(ArgumentError, match="one dict"):
         map_calls(toy_model, mutual_information, ["a red circle"])
+
+
+def test_emergence_and_conceptor_over_many_inputs_equal_the_local_run(ray_executor, toy_model):
+    from nbhelpers import conceptor, timesteps
+    from nbhelpers.toyworld.concepts import emergence_reader
+
+    prompts = ["a red circle", "a blue square on the left", "a big green triangle"]
+    kw = dict(seeds=[0, 1, 2], steps=3, reader=emergence_reader, batch=1)
+    with one_thread():
+        here = timesteps.concept_emergence(toy_model, prompts, **kw)
+    there = timesteps.concept_emergence(toy_model, prompts, executor=ray_executor, **kw)
+    assert np.array_equal(here.settled, there.settled) and np.array_equal(here.logsnrs, there.logsnrs)
+    assert here.prompts == there.prompts == prompts
+    settings = dict(steps=1, n_train=1, n_val=1, k=2, gen_steps=2, vocabulary=["red", "blue", "circle", "square"])
+    with one_thread():
+        local = conceptor.decompose_many(toy_model, ["red circle", "blue square"], **settings)
+    remote = conceptor.decompose_many(toy_model, ["red circle", "blue square"], executor=ray_executor, **settings)
+    assert list(remote) == ["red circle", "blue square"]
+    for c in local:
+        assert np.array_equal(local[c].alphas, remote[c].alphas), c
