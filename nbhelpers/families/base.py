@@ -206,9 +206,6 @@ class Family:
         """:meth:`block_output` as (B, C, h, w) (UNet blocks: itself)."""
         return features
 
-    def describe(self) -> str:
-        return f"{self.title}; null condition: {self.null_condition_doc}"
-
 
 class RectifiedFlow:
     """The noise of rectified-flow families (mixed in before :class:`Family`)."""
