@@ -208,16 +208,12 @@ def word_attention_maps(model, image, prompt: str, words: list[str] | None = Non
     """Cross-attention map (h, w) of each word of ``prompt`` for a given image: the UNet runs on
     ``n`` noisy versions of the image's latent at log-SNRs drawn like the information estimator's,
     and maps are averaged over layers, heads, noise levels and the word's sub-word tokens."""
-    from .immse import LogSNRSampler, add_noise, stratified_uniforms
+    from .immse import LogSNRSampler, noisy_copies
 
     tp = model.tokenize(prompt)
     words = list(dict.fromkeys(w.text for w in tp.words)) if words is None else list(words)
     x = model.latent_of(image)
-    sampler = sampler or LogSNRSampler.for_model(model)
-    g = torch.Generator().manual_seed(int(seed))
-    a, _ = sampler.sample(stratified_uniforms(n, g))
-    eps = torch.randn((n, *x.shape[1:]), generator=g)
-    z = add_noise(x.expand(n, *x.shape[1:]), a, eps)
+    z, a = noisy_copies(x, n, seed, sampler or LogSNRSampler.for_model(model))
     store = AttentionStore(x.shape[-2:])
     with capture_cross_attention(model, store):
         model.eps(z, a, model.condition(prompt))

@@ -68,7 +68,6 @@ from .validate import ArgumentError, choice, real, validated
 
 SPACES = ("output", "projected", "cross_attention")
 SUPPORTED = "Stable Diffusion 3/3.5 ('sd3') and Flux.1 dev/schnell ('flux')"
-_FAMILIES = ("sd3", "flux")
 
 
 # --- which model, which layers --------------------------------------------------------------------------
@@ -76,7 +75,7 @@ def joint_blocks(model) -> list[torch.nn.Module]:
     """The joint-attention (double-stream) blocks of an MMDiT ``model``, in order: SD3's and Flux's
     ``transformer_blocks``. Raises :class:`ArgumentError` for a model without joint attention."""
     family = getattr(model, "family", None)
-    if family is None or family.name not in _FAMILIES:
+    if family is None or not family.joint_attention:
         what = f"{getattr(model, 'name', '') or type(model).__name__!r}" + (f" ({family.title})" if family else "")
         raise ArgumentError(
             f"ConceptAttention needs a multi-modal diffusion transformer with joint attention over image and text "
@@ -298,11 +297,6 @@ def _concept_step(block, inputs: dict, c: torch.Tensor, o_x: dict, record: bool,
     return c
 
 
-def _token_grid(model) -> tuple[int, int]:
-    p = model.family.patch_multiple()
-    return model.latent_shape[1] // p, model.latent_shape[2] // p
-
-
 @contextlib.contextmanager
 def carry_concepts(model, concepts: ConceptTokens, layers=None, spaces: tuple[str, ...] = ("output",),
                    keep_vectors: bool = False):
@@ -319,8 +313,8 @@ def carry_concepts(model, concepts: ConceptTokens, layers=None, spaces: tuple[st
     for s in spaces:
         choice(SPACES)("spaces", s)
     chosen = _check_layers(model, layers, "projected" if spaces == ("projected",) else "output")
-    text_first = model.family.name == "flux"
-    rec = ConceptRecorder(concepts.groups, _token_grid(model), tuple(spaces), keep_vectors)
+    text_first = model.family.joint_layout == "text_first"
+    rec = ConceptRecorder(concepts.groups, model.family.token_grid(), tuple(spaces), keep_vectors)
     den = model.denoiser
     state: dict = {}
 
@@ -393,24 +387,20 @@ def concept_attention_maps(model, image, concepts: list[str], prompt: str | None
     over the concepts at each pixel (softmax over concepts, averaged over layers, noise levels and
     heads). Raises :class:`ArgumentError` for a model without joint attention (SD 1.x/2.x, SDXL,
     PixArt), naming the supported families."""
-    from .immse import LogSNRSampler, add_noise, stratified_uniforms
+    from .immse import LogSNRSampler, noisy_copies
 
     joint_blocks(model)
     chosen = _check_layers(model, layers, space)
     tokens = encode_concepts(model, concepts)
     x = model.latent_of(image)
-    g = torch.Generator().manual_seed(int(seed))
-    if logsnr is None:
-        sampler = sampler or LogSNRSampler.for_model(model)
-        a, _ = sampler.sample(stratified_uniforms(n, g))
-    else:
+    levels = None
+    if logsnr is not None:
         levels = logsnr if isinstance(logsnr, list) else [logsnr]
         if len(levels) > n:
             raise ArgumentError(f"logsnr has {len(levels)} levels but n={n} samples; give n >= {len(levels)} "
                                 "(the levels are cycled over the samples)")
-        a = torch.tensor([levels[i % len(levels)] for i in range(n)], dtype=torch.float64)
-    eps = torch.randn((n, *x.shape[1:]), generator=g)
-    z = add_noise(x.expand(n, *x.shape[1:]), a, eps)
+        levels = [levels[i % len(levels)] for i in range(n)]
+    z, a = noisy_copies(x, n, seed, sampler or LogSNRSampler.for_model(model), levels)
     cond = model.condition(prompt) if prompt is not None else None
     with carry_concepts(model, tokens, chosen, spaces=(space,)) as rec:
         model.eps(z, a, cond)

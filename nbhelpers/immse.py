@@ -141,6 +141,16 @@ def add_noise(x: torch.Tensor, logsnr, eps: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(a).sqrt().to(x.dtype) * x + torch.sigmoid(-a).sqrt().to(x.dtype) * eps
 
 
+def noisy_copies(x: torch.Tensor, n: int, seed: int, sampler=None, logsnr=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` noisy versions of one latent ``x`` (1, C, H, W) for the map methods (attention,
+    ConceptAttention): log-SNRs ``logsnr`` ((n,), nats) if given, else drawn stratified from ``sampler``;
+    one ε each, all from one generator seeded with ``seed``. Returns (z (n, C, H, W), α (n,))."""
+    g = torch.Generator().manual_seed(int(seed))
+    a = torch.as_tensor(logsnr, dtype=torch.float64) if logsnr is not None else sampler.sample(stratified_uniforms(n, g))[0]
+    eps = torch.randn((n, *x.shape[1:]), generator=g)
+    return add_noise(x.expand(n, *x.shape[1:]), a, eps), a
+
+
 def stratified_uniforms(n: int, generator: torch.Generator, per_stratum: int = 1) -> torch.Tensor:
     """n uniforms on (0, 1), ``per_stratum`` independent ones in each of n // per_stratum equal
     strata (the last stratum takes the remainder; fewer than two strata's worth: one stratum), in
