@@ -7,13 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .info import caption_margins
 from .metrics import wilson_interval
 from .cache import cached
-from .executors import resolve_executor, shards_of
-from .tables import ResumableTable, digest, plain, study_folder
+from .executors import resolve_executor, run_image_shards
+from .tables import digest, plain
 from .validate import ArgumentError, validated, whole_number
 
 RECORD_KEY = ("image", "kind")
@@ -56,25 +55,12 @@ def caption_scoring_study(model, images, captions: list[tuple[str, dict[str, str
     images_per_shard = whole_number("images_per_shard", images_per_shard, 1, None, "images per shard")
     executor = resolve_executor(executor)
     params = dict(n=n, seed=seed, form=form, batch_size=batch_size)
-    table, done = None, {}
-    if out is not None:
-        spec = dict(params, study="captions", model=getattr(model, "name", "?"), n_images=len(captions),
-                    data=digest([np.asarray(im) for im in images], [(t, dict(sw)) for t, sw in captions]))
-        table = ResumableTable(study_folder(out, spec) / "records.jsonl", RECORD_KEY)
-        for r in table.rows():
-            done.setdefault(int(r["image"]), []).append(r)
-    todo = [k for k, (_, swaps) in enumerate(captions) if swaps and k not in done]
-    shards = [dict(params, items=[(k, images[k], captions[k]) for k in chunk])
-              for chunk in shards_of(todo, images_per_shard)]
-    total = sum(bool(sw) for _, sw in captions)
-    bar = tqdm(total=total, initial=total - len(todo), desc="caption scoring", leave=False)
-    for _, results in executor.map(model, _caption_shard, shards):
-        for k, rows in results:
-            if table is not None:
-                table.append(rows)
-            done.setdefault(k, rows)
-        bar.update(len(results))
-    bar.close()
+    spec = None if out is None else dict(
+        params, study="captions", model=getattr(model, "name", "?"), n_images=len(captions),
+        data=digest([np.asarray(im) for im in images], [(t, dict(sw)) for t, sw in captions]))
+    work = {k: (images[k], captions[k]) for k, (_, swaps) in enumerate(captions) if swaps}
+    done = run_image_shards(model, _caption_shard, work, params, executor, out, spec, RECORD_KEY, images_per_shard,
+                            "caption scoring")
     records = []
     for k in sorted(done):
         order = list(captions[k][1])

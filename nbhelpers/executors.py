@@ -251,6 +251,35 @@ def shards_of(items: Sequence, size: int) -> list:
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
+def run_image_shards(model, shard_fn: Callable, work: dict, params: dict, executor, out=None, spec: dict | None = None,
+                     key: tuple[str, ...] = ("image",), per_shard: int = 1, desc: str = "images") -> dict[int, list]:
+    """The driver of a per-image study (localisation, caption scoring): ``work`` {image index k: (its inputs...)}
+    cut into shards of ``per_shard`` images, ``shard_fn(model, dict(params, items=[(k, *work[k]), ...]))`` returning
+    ``[(k, rows), ...]`` run on ``executor``. With ``out``, each image's rows go to ``out``'s ``records.jsonl``
+    (a :class:`~nbhelpers.tables.ResumableTable` keyed by ``key``, in a folder holding ``spec``) as they
+    finish, and images already there are not computed again. Returns {k: rows} for every image of ``work``."""
+    from tqdm.auto import tqdm
+
+    from .tables import ResumableTable, study_folder
+
+    table, done = None, {}
+    if out is not None:
+        table = ResumableTable(study_folder(out, spec or {}) / "records.jsonl", key)
+        for r in table.rows():
+            done.setdefault(int(r["image"]), []).append(r)
+    todo = [k for k in work if k not in done]
+    shards = [dict(params, items=[(k, *work[k]) for k in chunk]) for chunk in shards_of(todo, per_shard)]
+    bar = tqdm(total=len(work), initial=len(work) - len(todo), desc=desc, leave=False)
+    for _, results in resolve_executor(executor).map(model, shard_fn, shards):
+        for k, rows in results:
+            if table is not None:
+                table.append(rows)  # one row per key, whatever the order or a repeated shard
+            done.setdefault(k, rows)
+        bar.update(len(results))
+    bar.close()
+    return done
+
+
 def _call_shard(model, shard: dict):
     return shard["function"](model, **shard["kwargs"])
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .attention import word_attention_maps
 from .info import prompt_information
 from .metrics import auroc, iou, minmax, upsample
 from .cache import cached
-from .executors import resolve_executor, shards_of
-from .tables import ResumableTable, digest, plain, study_folder
+from .executors import resolve_executor, run_image_shards
+from .tables import digest, plain
 from .validate import ArgumentError, validated, whole_number
 
 METHODS = ("cmi", "cmi smoothed", "mi", "attention", "attention+cmi", "whole image")
@@ -133,24 +132,13 @@ def localisation_study(model, images: np.ndarray, cases: list[LocalisationCase],
     images_per_shard = whole_number("images_per_shard", images_per_shard, 1, None, "images per shard")
     executor = resolve_executor(executor)
     params = dict(n=n, attention_n=attention_n, seed=seed, batch_size=batch_size, smooth=smooth, form=form)
-    table, done = None, {}
-    if out is not None:
-        spec = dict(params, study="localisation", model=getattr(model, "name", "?"), n_images=len(cases),
-                    data=digest([np.asarray(im) for im in images],
-                                [(c.prompt, [(t.word, t.kind, t.label, t.mask) for t in c.targets]) for c in cases]))
-        table = ResumableTable(study_folder(out, spec) / "records.jsonl", RECORD_KEY)
-        done = _by_image(table.rows())
-    todo = [k for k, c in enumerate(cases) if c.targets and k not in done]
-    shards = [dict(params, items=[(k, images[k], cases[k]) for k in chunk]) for chunk in shards_of(todo, images_per_shard)]
-    total = sum(bool(c.targets) for c in cases)
-    bar = tqdm(total=total, initial=total - len(todo), desc="localisation", leave=False)
-    for _, results in executor.map(model, _localisation_shard, shards):
-        for k, rows in results:
-            if table is not None:
-                table.append(rows)  # one row per (image, target), whatever the order or a repeated shard
-            done.setdefault(k, rows)
-        bar.update(len(results))
-    bar.close()
+    spec = None if out is None else dict(
+        params, study="localisation", model=getattr(model, "name", "?"), n_images=len(cases),
+        data=digest([np.asarray(im) for im in images],
+                    [(c.prompt, [(t.word, t.kind, t.label, t.mask) for t in c.targets]) for c in cases]))
+    work = {k: (images[k], c) for k, c in enumerate(cases) if c.targets}
+    done = run_image_shards(model, _localisation_shard, work, params, executor, out, spec, RECORD_KEY,
+                            images_per_shard, "localisation")
     records, curves = [], {m: [] for m in METHODS}
     for k in sorted(done):
         for row in sorted(done[k], key=lambda r: r["target"]):
@@ -160,13 +148,6 @@ def localisation_study(model, images: np.ndarray, cases: list[LocalisationCase],
             records.append({c: v for c, v in row.items() if c not in ("iou", "target")})
     return LocalisationResult(records, THRESHOLDS, {m: np.array(v) for m, v in curves.items()},
                               dict(n=n, attention_n=attention_n, seed=seed, n_images=len(cases), smooth=smooth))
-
-
-def _by_image(rows: list[dict]) -> dict[int, list[dict]]:
-    out: dict[int, list[dict]] = {}
-    for r in rows:
-        out.setdefault(int(r["image"]), []).append(r)
-    return out
 
 
 def _localisation_shard(model, shard: dict) -> list[tuple[int, list[dict]]]:
