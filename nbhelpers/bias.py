@@ -73,16 +73,6 @@ class Audit:
         return pd.read_csv(p) if p.exists() else pd.DataFrame()
 
 
-def _done_keys(path: Path, keys: tuple[str, ...]) -> set:
-    """The keys (as text) of the rows already in the CSV table at ``path``."""
-    return ResumableTable(path, keys).done()
-
-
-def _append(path: Path, rows: list[dict], keys: tuple[str, ...] = ("template", "subject", "seed")) -> list[dict]:
-    """Append the rows whose key is new to the CSV table at ``path``; returns those written."""
-    return ResumableTable(path, keys).append(rows)
-
-
 IMAGE_KEY = ("template", "subject", "seed")
 PID_KEY = ("subject", "group", "seed")
 
