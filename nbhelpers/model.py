@@ -388,7 +388,7 @@ class DiffusionModel:
             grad: bool = False) -> torch.Tensor:
         """Epsilon prediction (float32, shaped like ``z``) at log-SNR ``logsnr`` (float or (B,)).
 
-        ``cond``: hidden states of batch B or 1 (from :meth:`condition`), None for unconditional.
+        ``cond``: a condition of batch B or 1 (from :meth:`condition`), None for unconditional.
         ``max_batch`` splits large batches into several denoiser calls. ``grad=True`` keeps the autograd
         graph (gradients to ``z``, ``cond`` or the weights, e.g. for saliency or learning a token)."""
         with torch.set_grad_enabled(grad):
@@ -556,7 +556,7 @@ class DiffusionModel:
         per prompt or a single one (seeds ``seed, seed+1, ...``). ``trajectory=True`` records every
         step's latent, noise estimate and predicted clean latent (via ``callback_on_step_end`` and
         the scheduler's step). ``cond``: a condition from :meth:`condition` (batch 1 or one per seed) to generate from
-        instead of a prompt (e.g. a learned pseudo-token), with the empty prompt as the negative.
+        instead of a prompt (e.g. a learned pseudo-token), with the null condition as the negative.
         Returns a :class:`Generation`."""
         if latents is not None and (not isinstance(latents, torch.Tensor) or latents.ndim != 4
                                     or tuple(latents.shape[1:]) != self.latent_shape):
