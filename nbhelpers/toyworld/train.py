@@ -76,18 +76,17 @@ class Checkpointer:
         folder.mkdir(parents=True, exist_ok=True)
 
     def save(self, name: str, modules: dict, step: int, extra: dict | None = None):
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         for key, mod in modules.items():
-            sd = mod.state_dict()
             if isinstance(mod, torch.optim.Optimizer):
-                torch.save(sd, self.folder / f"{name}.{key}.pt")
-            else:
-                save_file({k: v.contiguous() for k, v in sd.items()}, self.folder / f"{name}.{key}.safetensors")
+                torch.save(mod.state_dict(), self.folder / f"{name}.{key}.pt")
+            else:  # save_model stores tied weights (T5's shared embedding) once
+                save_model(mod, str(self.folder / f"{name}.{key}.safetensors"))
         (self.folder / f"{name}.json").write_text(json.dumps({"step": step, **(extra or {})}))
 
     def load(self, name: str, modules: dict) -> dict | None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         meta = self.folder / f"{name}.json"
         if not meta.exists():
@@ -96,7 +95,7 @@ class Checkpointer:
             if isinstance(mod, torch.optim.Optimizer):
                 mod.load_state_dict(torch.load(self.folder / f"{name}.{key}.pt", weights_only=True))
             else:
-                mod.load_state_dict(load_file(self.folder / f"{name}.{key}.safetensors"))
+                load_model(mod, str(self.folder / f"{name}.{key}.safetensors"))
         return json.loads(meta.read_text())
 
 
@@ -187,6 +186,21 @@ def denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, r
     return (weight[t] * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
+class EMAState(torch.nn.Module):
+    """An ``EMAModel``'s shadow weights as a module's state dict, so that the checkpointer saves them."""
+
+    def __init__(self, ema):
+        super().__init__()
+        self.ema = ema
+
+    def state_dict(self, *a, **k):
+        return {f"p{i}": p for i, p in enumerate(self.ema.shadow_params)}
+
+    def load_state_dict(self, sd, *a, **k):
+        for i, p in enumerate(self.ema.shadow_params):
+            p.data.copy_(sd[f"p{i}"])
+
+
 def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: float, batch: int, seed: int,
                    log: dict, max_steps: int | None = None, extend_steps: int = 0, extend_lr: float = 3e-4,
                    extend_kind_weights: dict[str, float] | None = None):
@@ -206,19 +220,7 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: floa
     sched = DDPMScheduler(**SCHEDULE)
     weight = loss_weights(sched)
 
-    class _EMAWrap(torch.nn.Module):  # so that the checkpointer can treat EMA like a module
-        def __init__(self, ema):
-            super().__init__()
-            self.ema = ema
-
-        def state_dict(self, *a, **k):
-            return {f"p{i}": p for i, p in enumerate(self.ema.shadow_params)}
-
-        def load_state_dict(self, sd, *a, **k):
-            for i, p in enumerate(self.ema.shadow_params):
-                p.data.copy_(sd[f"p{i}"])
-
-    ema_u, ema_t = _EMAWrap(ema_unet), _EMAWrap(ema_text)
+    ema_u, ema_t = EMAState(ema_unet), EMAState(ema_text)
     mods = {"unet": unet, "text": text, "opt": opt, "ema_unet": ema_u, "ema_text": ema_t}
     state = ckpt.load("denoiser", mods) or {"step": 0, "total": None, "seconds": 0.0}
     ema_unet.optimization_step = ema_text.optimization_step = state["step"]
@@ -304,7 +306,12 @@ def _parse_weights(text: str) -> dict[str, float]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="data/models/toy")
+    ap.add_argument("--arch", choices=("unet", "dit"), default="unet",
+                    help="unet: the SD-layout world model (data/models/toy); dit: the SD3-layout one "
+                         "(data/models/toy-dit, nbhelpers.toyworld.train_dit)")
+    ap.add_argument("--out", default=None, help="output folder (default data/models/toy or data/models/toy-dit)")
+    ap.add_argument("--vae-from", default="data/models/toy", help="dit: the pipeline whose VAE is reused")
+    ap.add_argument("--lr", type=float, default=1e-3, help="dit: peak learning rate")
     ap.add_argument("--n-images", type=int, default=60000)
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget of the UNet stage")
@@ -318,6 +325,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args(argv)
+    a.out = a.out or ("data/models/toy-dit" if a.arch == "dit" else "data/models/toy")
+    if a.arch == "dit":
+        from . import train_dit
+
+        return train_dit.main(a)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     ckpt = Checkpointer(Path(str(out) + ".ckpt"))

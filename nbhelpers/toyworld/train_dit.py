@@ -1,0 +1,198 @@
+"""Train the second toy world model: a ``StableDiffusion3Pipeline`` (MMDiT, rectified flow) on the same world.
+
+    python -m nbhelpers.toyworld.train --arch dit --out data/models/toy-dit --minutes 75
+
+Same world, same training split, same caption dropout (optional words dropped at random, 10 % empty
+captions) and the **same VAE** as the UNet world (``data/models/toy/vae``, its weights and scaling factor,
+``shift_factor`` 0): both models denoise one latent space, so the world's exact denoiser (``toy-oracle``) is
+exact for both and every difference between them is the denoiser's.
+
+What differs is the architecture and the noise: an SD3 transformer (joint attention over 8×8 image patches
+and 48 text tokens; 2×2 patches of the 4×16×16 latent), three text encoders trained from scratch with it
+(two CLIPs, whose penultimate hidden states sit side by side, and a T5 encoder, as in SD3), and SD3's
+rectified flow: ``x_σ = (1 − σ)·x0 + σ·noise``, the network predicts the velocity ``noise − x0`` at
+timestep ``1000·σ``. σ is drawn half uniformly on (0, 1) and half logit-normal around 0.62 (noisier than
+SD3's 0.5: at 32 px the layout, hence the position words, is decided there); any positive density over σ
+keeps the per-σ MMSE optimum the information estimators need.
+
+The denoiser and text encoders are trained jointly with AdamW, cosine decay and an EMA of the weights
+(saved). Checkpoints go to ``<out>.ckpt/`` and the run resumes from them after an interruption. The result
+is saved with ``save_pretrained`` (safetensors) and loads offline with ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import world
+from .tokenizer import build_t5_tokenizer, build_tokenizer
+
+TEXT_LENGTH = 24  # tokens per encoder (CLIP-1, CLIP-2, T5): 48 text tokens in the joint sequence
+CLIP_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                   max_position_embeddings=TEXT_LENGTH, projection_dim=32)
+T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, dropout_rate=0.0)
+TRANSFORMER_CONFIG = dict(
+    sample_size=world.IMAGE_SIZE // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=6,
+    attention_head_dim=32, num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=128,
+    pooled_projection_dim=64, pos_embed_max_size=8, qk_norm="rms_norm",
+)
+# Sampling schedule of the saved pipeline. shift 1: 16×16 latents need none of SD3's shift 3 (1024 px).
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
+
+
+def build_pipeline(vae, seed: int):
+    """A freshly initialised ``StableDiffusion3Pipeline`` of the toy-dit layout around ``vae``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok, tok2, tok3 = build_tokenizer(TEXT_LENGTH), build_tokenizer(TEXT_LENGTH), build_t5_tokenizer(TEXT_LENGTH)
+
+    def clip(t):
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(t), bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
+            pad_token_id=t.pad_token_id, **CLIP_CONFIG))
+
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok3), pad_token_id=tok3.pad_token_id, eos_token_id=tok3.eos_token_id,
+                                 decoder_start_token_id=tok3.pad_token_id, **T5_CONFIG))
+    transformer = SD3Transformer2DModel(**TRANSFORMER_CONFIG)
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+                                    vae=vae, text_encoder=clip(tok), tokenizer=tok, text_encoder_2=clip(tok2),
+                                    tokenizer_2=tok2, text_encoder_3=t5, tokenizer_3=tok3)
+
+
+def load_world_vae(folder: Path):
+    """The UNet world's VAE (weights and scaling factor) with SD3's ``shift_factor`` set to 0."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    vae.register_to_config(shift_factor=0.0)
+    return vae.eval().requires_grad_(False)
+
+
+def draw_sigmas(b: int, gen: torch.Generator) -> torch.Tensor:
+    """Noise levels σ in (0, 1), (b,): half uniform, half sigmoid(N(0.5, 1)) (median σ ≈ 0.62)."""
+    uniform = torch.rand(b, generator=gen)
+    logit_normal = torch.sigmoid(0.5 + torch.randn(b, generator=gen))
+    return torch.where(torch.rand(b, generator=gen) < 0.5, uniform, logit_normal).clamp(1e-4, 1 - 1e-4)
+
+
+def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1) -> torch.Tensor:
+    """Rectified-flow loss on scenes ``idx``: captions redrawn with the word dropout (a share ``p_empty``
+    empty) and encoded by the pipeline's own ``encode_prompt`` (so training and sampling condition alike),
+    x_σ = (1 − σ)·x0 + σ·ε, target velocity ε − x0, plain mean squared error."""
+    captions = ["" if p_empty and rng.random() < p_empty else scenes[i].caption(world.random_drop(rng, scenes[i]))
+                for i in idx]
+    embeds, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None, device="cpu",
+                                              do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
+    x0 = latents[torch.from_numpy(np.asarray(idx))]
+    noise = torch.randn(x0.shape, generator=gen)
+    sigma = draw_sigmas(len(idx), gen)
+    s = sigma.view(-1, 1, 1, 1)
+    pred = pipe.transformer(hidden_states=(1 - s) * x0 + s * noise, timestep=sigma * 1000,
+                            encoder_hidden_states=embeds, pooled_projections=pooled).sample
+    return (pred - (noise - x0)).pow(2).mean()
+
+
+def _trainable(pipe) -> dict:
+    return {"transformer": pipe.transformer, "clip": pipe.text_encoder, "clip2": pipe.text_encoder_2,
+            "t5": pipe.text_encoder_3}
+
+
+def train(scenes, latents, vae, ckpt, minutes: float, batch: int, seed: int, log: dict,
+          max_steps: int | None = None, lr: float = 1e-3):
+    """Train the toy-dit pipeline's denoiser and text encoders; returns the pipeline with EMA weights."""
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from .train import EMAState, cosine_lr
+
+    pipe = build_pipeline(vae, seed)
+    nets = _trainable(pipe)
+    for m in nets.values():
+        m.train()
+    params = [p for m in nets.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    emas = {k: EMAModel(m.parameters(), decay=0.999, use_ema_warmup=True, power=0.75) for k, m in nets.items()}
+    mods = {**nets, "opt": opt, **{f"ema_{k}": EMAState(e) for k, e in emas.items()}}
+    state = ckpt.load("dit", mods) or {"step": 0, "total": None, "seconds": 0.0}
+    for e in emas.values():
+        e.optimization_step = state["step"]
+    rng = np.random.default_rng(seed + state["step"])
+    gen = torch.Generator().manual_seed(seed + state["step"])
+    step, total, seconds = state["step"], state["total"], state["seconds"]
+    losses: list[float] = []
+    bar = tqdm(total=total, initial=step, desc="DiT+text", mininterval=10) if total else None
+    while total is None or step < total:
+        t_start = time.time()
+        idx = rng.integers(0, len(scenes), batch)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, total or 10**6, lr)
+        loss = flow_loss(pipe, latents, scenes, idx, rng, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        for k, e in emas.items():
+            e.step(nets[k].parameters())
+        step += 1
+        seconds += time.time() - t_start
+        losses.append(loss.item())
+        if total is None and step == 20:  # fix the number of steps from the measured speed
+            total = max(200, int(minutes * 60 / (seconds / step)))
+            if max_steps:
+                total = min(total, max_steps)
+            bar = tqdm(total=total, initial=step, desc="DiT+text", mininterval=10)
+        if bar is not None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % 250 == 0 or step == total:
+            ckpt.save("dit", mods, step, {"total": total, "seconds": seconds})
+            log.setdefault("loss_curve", []).append([step, float(np.mean(losses[-250:]))])
+    log["denoiser_steps"], log["denoiser_seconds"] = step, seconds
+    for k, e in emas.items():
+        e.copy_to(nets[k].parameters())
+    for m in nets.values():
+        m.eval()
+    return pipe
+
+
+def main(a) -> None:
+    """``python -m nbhelpers.toyworld.train --arch dit`` (arguments parsed there)."""
+    from safetensors.torch import load_file, save_file
+
+    from .train import Checkpointer, encode_all, make_dataset
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    ckpt = Checkpointer(Path(str(out) + ".ckpt"))
+    log_path = ckpt.folder / "log.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    t0 = time.time()
+    vae = load_world_vae(Path(a.vae_from))
+    cache = ckpt.folder / "latents.safetensors"  # encoded once, reused when resuming
+    if cache.exists():
+        scenes = world.sample_scenes(a.n_images, seed=a.seed, split="train")
+        latents = load_file(cache)["latents"]
+    else:
+        scenes, images = make_dataset(a.n_images, a.seed)
+        latents = encode_all(vae, images)
+        save_file({"latents": latents.contiguous()}, cache)
+    scaled = latents * vae.config.scaling_factor
+    log.update(scaling_factor=vae.config.scaling_factor, vae_from=str(a.vae_from),
+               latent_std=float(scaled.std()), latent_mean=float(scaled.mean()))
+    log_path.write_text(json.dumps(log, indent=1))
+    pipe = train(scenes, scaled, vae, ckpt, a.minutes, a.batch, a.seed + 1, log, a.max_steps, a.lr)
+    pipe.save_pretrained(out, safe_serialization=True)
+    log.update(arch="dit", n_images=a.n_images, batch=a.batch, threads=a.threads, lr=a.lr,
+               wall_seconds_this_run=time.time() - t0,
+               parameters={k: sum(p.numel() for p in m.parameters()) for k, m in
+                           {"vae": pipe.vae, **_trainable(pipe)}.items()})
+    log_path.write_text(json.dumps(log, indent=1))
+    (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    print(json.dumps({k: v for k, v in log.items() if k != "loss_curve"}, indent=1))
