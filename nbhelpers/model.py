@@ -32,8 +32,13 @@ from .validate import ArgumentError, seeds as seed_list, validated
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 TOY_MODEL_DIR = Path(os.environ.get("NBHELPERS_TOY_MODEL", PACKAGE_ROOT.parent / "data" / "models" / "toy"))
+TOY_DIT_MODEL_DIR = Path(os.environ.get("NBHELPERS_TOY_DIT_MODEL", PACKAGE_ROOT.parent / "data" / "models" / "toy-dit"))
+# The bundled models of the toy world: one world, two architectures (SD's UNet with DDPM noise; SD3's
+# MMDiT with rectified flow), one VAE and latent space; every lesson's toy-world checks apply to both.
+WORLD_MODELS = {"toy": TOY_MODEL_DIR, "toy-dit": TOY_DIT_MODEL_DIR}
 ALIASES = {
     "toy": str(TOY_MODEL_DIR),
+    "toy-dit": str(TOY_DIT_MODEL_DIR),
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sd21": "stabilityai/stable-diffusion-2-1-base",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
@@ -137,9 +142,11 @@ def _resolve_source(name_or_path: str) -> tuple[str, bool]:
             raise ModelNotFoundError(f"{str(p)!r} is a folder but not a diffusers pipeline (no model_index.json); "
                                      "point at the folder that save_pretrained wrote")
         return str(p), True
-    if name_or_path == "toy":
-        raise ModelNotFoundError(f"the bundled toy model is missing at {src}; restore data/models/toy from git "
-                                 "or retrain it with `python -m nbhelpers.toyworld.train`")
+    if name_or_path in WORLD_MODELS:
+        arch = " --arch dit" if name_or_path == "toy-dit" else ""
+        raise ModelNotFoundError(f"the bundled model {name_or_path!r} is missing at {src}; restore "
+                                 f"data/models/{name_or_path} from git or retrain it with "
+                                 f"`python -m nbhelpers.toyworld.train{arch}`")
     if src.startswith((".", "/", "~")) or src.count("/") != 1:  # not of the form org/name
         raise ModelNotFoundError(f"no model folder at {src!r}; give a folder written by save_pretrained, a Hugging Face "
                                  f"id such as 'stabilityai/stable-diffusion-2-1-base', or one of {sorted(ALIASES)}")
@@ -169,7 +176,8 @@ def load_model(name_or_path: str = "toy", device: str = "auto", dtype: torch.dty
                image_size: int | None = None, cpu_offload: bool = False, **pipeline_kwargs) -> "DiffusionModel":
     """Load a text-to-image pipeline of a supported family with ``from_pretrained`` and wrap it.
 
-    ``name_or_path``: "toy" (the bundled model), a zoo entry (``sd15``, ``sd21``, ``sdxl``, ``sd3-medium``,
+    ``name_or_path``: "toy" or "toy-dit" (the bundled models of the toy world: SD's layout with a UNet, SD3's
+    with an MMDiT and rectified flow), a zoo entry (``sd15``, ``sd21``, ``sdxl``, ``sd3-medium``,
     ``sd35-medium``, ``flux-schnell``, ``flux-dev``, ``pixart-sigma``: from the local Hugging Face cache
     when offline), a Hugging Face id or a local folder. ``dtype``: default float32 on CPU, float16 on CUDA
     (bfloat16 for Flux and SD3.5, whose activations overflow float16). ``image_size``: the pixel size the

@@ -5,6 +5,7 @@
     nbhelpers report --config configs/teaching.yaml    # parameters from a YAML file
     nbhelpers report 02 -p word1=red -p n=32           # parameters on the command line
     nbhelpers report --list                            # notebooks and the parameters each declares
+    nbhelpers report --models toy toy-dit              # every lesson on each model (the index shows both)
 
 Parameters are checked against each notebook's ``parameters`` cell **before anything runs**: an
 unknown name, a value of the wrong type or outside its allowed choices stops the run with one message
@@ -23,6 +24,7 @@ The YAML file (every key optional)::
     notebooks: [00_tour, 01]      # default: all
     timeout: 3600                 # seconds per cell
     cache: true                   # use the on-disk result cache (nbhelpers.cache)
+    models: [toy, toy-dit]        # run each notebook that declares `model` once per model
     parameters:                   # for every notebook that declares the name
       fast: true
       model: toy
@@ -48,7 +50,7 @@ from tqdm.auto import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-CONFIG_KEYS = ("out", "notebooks", "timeout", "cache", "parameters", "notebook_parameters")
+CONFIG_KEYS = ("out", "notebooks", "timeout", "cache", "parameters", "notebook_parameters", "models")
 # Parameters whose values come from a fixed set (checked before running).
 CHOICES = {
     "device": ("auto", "cpu", "cuda", "mps"),
@@ -59,6 +61,32 @@ CHOICES = {
 }
 # Integer parameters that may be zero; every other integer (counts, steps) must be at least 1.
 MAY_BE_ZERO = {"seed", "explain_step"}
+
+
+@dataclass
+class Run:
+    """One notebook run of a report: its name on the index (the notebook's, with ``@model`` for every
+    model after the first of ``--models``), the notebook and its validated parameters."""
+
+    name: str
+    spec: "NotebookSpec"
+    parameters: dict
+
+
+def runs_for(chosen: list, planned: dict[str, dict], models: list[str] | None = None) -> list[Run]:
+    """The runs of a report: each notebook once with its planned parameters, or with ``models``, each
+    notebook that declares ``model`` once per model, named ``<notebook>`` for the first model and
+    ``<notebook>@<model>`` for the others (a notebook that compares models itself, declaring ``models``,
+    and one without a ``model`` parameter run once)."""
+    runs = []
+    for spec in chosen:
+        params = planned[spec.name]
+        if not models or "model" not in spec.defaults or "models" in spec.defaults:
+            runs.append(Run(spec.name, spec, dict(params)))
+            continue
+        for i, m in enumerate(models):
+            runs.append(Run(spec.name if i == 0 else f"{spec.name}@{m}", spec, {**params, "model": m}))
+    return runs
 
 
 class ReportConfigError(ValueError):
@@ -243,14 +271,15 @@ def _error_summary(e: Exception) -> dict:
 
 
 def run_notebook(path: Path, out_dir: Path, parameters: dict | None = None, timeout: int = 3600,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, name: str | None = None) -> dict:
     """Execute one notebook into ``out_dir``; returns a summary (status, seconds, metrics, error, ...).
-    ``parameters`` must already be validated (:func:`plan`)."""
+    ``parameters`` must already be validated (:func:`plan`). ``name``: of its outputs (``<name>.html``,
+    ``<name>/``; default the notebook's)."""
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
 
-    name = path.stem
+    name = name or path.stem
     nb_out_dir = out_dir / name
     nb_out_dir.mkdir(parents=True, exist_ok=True)
     declared = notebook_parameters(path)
@@ -426,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="output folder (default reports)")
     ap.add_argument("--fast", action="store_true", help="shorthand for -p fast=true")
     ap.add_argument("--model", default=None, help="shorthand for -p model=NAME")
+    ap.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                    help="run each notebook once per model (e.g. --models toy toy-dit); the first keeps the "
+                         "notebook's name, the others are named NOTEBOOK@MODEL")
     ap.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell (default 3600)")
     ap.add_argument("--no-cache", action="store_true", help="compute everything afresh (NBHELPERS_CACHE=0)")
     ap.add_argument("--notebook-dir", default=None, help="folder of notebooks (default: the suite's notebooks/)")
@@ -462,12 +494,20 @@ def main(argv=None) -> int:
             else:
                 params[name] = value
         planned = plan(chosen, params, per_nb)
+        models = a.models or cfg.get("models")
+        if models is not None:
+            if a.model or "model" in params:
+                raise ReportConfigError("give either --models (each notebook on each model) or --model/-p model=, "
+                                        "not both")
+            if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
+                raise ReportConfigError(f"models must be a non-empty list of model names, got {models!r}")
+        runs = runs_for(chosen, planned, models)
     except ReportConfigError as e:
         print(f"nbhelpers report: {e}", file=sys.stderr)
         return 2
     if a.check:
-        for name, p in planned.items():
-            print(f"{name}: {p or 'defaults'}")
+        for r in runs:
+            print(f"{r.name}: {r.parameters or 'defaults'}")
         print("parameters are valid")
         return 0
     out = Path(a.out or cfg.get("out") or "reports").resolve()
@@ -476,7 +516,7 @@ def main(argv=None) -> int:
         os.environ["NBHELPERS_CACHE"] = "0"
     timeout = a.timeout or int(cfg.get("timeout") or 3600)
     command = "nbhelpers report " + " ".join(argv if argv is not None else sys.argv[1:])
-    summaries, interrupted = run_all(chosen, out, planned, timeout=timeout, progress=not a.quiet, command=command)
+    summaries, interrupted = run_all(runs, out, timeout=timeout, progress=not a.quiet, command=command)
     index = out / "index.html"
     if interrupted:
         cut = [s["name"] for s in summaries if s["status"] == INTERRUPTED]
@@ -491,23 +531,23 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
-def run_all(chosen: list[NotebookSpec], out: Path, planned: dict[str, dict], timeout: int = 3600,
-            progress: bool = True, command: str = "nbhelpers report") -> tuple[list[dict], bool]:
-    """Run the notebooks in order, rewriting the index before and after each one; returns the
-    summaries and whether the run was interrupted. Ctrl-C stops the run: the notebook it cut off is
+def run_all(runs: list[Run], out: Path, timeout: int = 3600, progress: bool = True,
+            command: str = "nbhelpers report") -> tuple[list[dict], bool]:
+    """Run the notebooks in order (:func:`runs_for`), rewriting the index before and after each one; returns
+    the summaries and whether the run was interrupted. Ctrl-C stops the run: the notebook it cut off is
     marked "interrupted", the ones after it "not run", and the index is written once more (the
     caller then exits with status 130)."""
-    summaries = [{"name": s.name, "status": PENDING, "parameters": dict(planned[s.name])} for s in chosen]
-    bar = tqdm(total=len(chosen), desc="notebooks", unit="nb")
+    summaries = [{"name": r.name, "status": PENDING, "parameters": dict(r.parameters)} for r in runs]
+    bar = tqdm(total=len(runs), desc="notebooks", unit="nb")
     current, t0, interrupted = None, time.time(), False
     try:
-        for i, spec in enumerate(chosen):
+        for i, run in enumerate(runs):
             current, t0 = i, time.time()
             summaries[i].update(status=RUNNING, started=time.strftime("%H:%M:%S"))
             write_index(out, summaries, command)
-            bar.set_postfix_str(spec.name)
-            s = run_notebook(spec.path, out, planned[spec.name], timeout=timeout, progress=progress)
-            tqdm.write(f"{spec.name}: {s['status']} in {s['seconds']} s"
+            bar.set_postfix_str(run.name)
+            s = run_notebook(run.spec.path, out, run.parameters, timeout=timeout, progress=progress, name=run.name)
+            tqdm.write(f"{run.name}: {s['status']} in {s['seconds']} s"
                        + (f" (cell {s.get('cell')}: {s['error']})" if s["error"] else ""))
             summaries[i], current = s, None
             bar.update()
@@ -517,8 +557,8 @@ def run_all(chosen: list[NotebookSpec], out: Path, planned: dict[str, dict], tim
         with _sigint_deferred():
             if current is not None:
                 summaries[current] = getattr(e, "summary", None) or {
-                    "name": chosen[current].name, "status": INTERRUPTED, "error": "KeyboardInterrupt",
-                    "parameters": dict(planned[chosen[current].name]), "seconds": round(time.time() - t0, 1)}
+                    "name": runs[current].name, "status": INTERRUPTED, "error": "KeyboardInterrupt",
+                    "parameters": dict(runs[current].parameters), "seconds": round(time.time() - t0, 1)}
                 summaries[current]["status"] = INTERRUPTED
             for s in summaries:
                 if s["status"] in (PENDING, RUNNING):

@@ -43,6 +43,22 @@ def test_valid_parameters_go_to_the_notebooks_that_declare_them(specs):
     assert planned["03_concept_decomposition"] == {"fast": True, "concept": "pilot"}
 
 
+def test_models_run_each_lesson_on_each_model(tmp_path, capsys):
+    """--models: each lesson declaring `model` once per model, the first under the notebook's name, the
+    others as NOTEBOOK@MODEL; refused together with --model."""
+    assert report.main(["00", "02", "--fast", "--models", "toy", "toy-dit", "--check"]) == 0
+    lines = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.splitlines() if ": " in ln)
+    assert ast.literal_eval(lines["00_tour"]) == {"fast": True, "model": "toy"}
+    assert ast.literal_eval(lines["00_tour@toy-dit"]) == {"fast": True, "model": "toy-dit"}
+    assert ast.literal_eval(lines["02_partial_information_decomposition@toy-dit"])["model"] == "toy-dit"
+    assert report.main(["00", "--models", "toy", "toy-dit", "--model", "toy", "--check"]) == 2
+    assert "either --models" in capsys.readouterr().err
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("notebooks: ['00']\nmodels: toy\n")
+    assert report.main(["--config", str(cfg), "--check"]) == 2
+    assert "models must be a non-empty list" in capsys.readouterr().err
+
+
 def test_yaml_config_and_command_line(tmp_path, capsys):
     cfg = tmp_path / "r.yaml"
     cfg.write_text("notebooks: [01]\nparameters: {fast: true}\nnotebook_parameters:\n  01: {n: 16}\n")
@@ -112,7 +128,7 @@ def test_interruption_keeps_finished_lessons_and_says_what_was_cut_off(tmp_path,
     out = tmp_path / "out"
     seen = {}
 
-    def fake_run(path, out_dir, parameters=None, timeout=3600, progress=True):
+    def fake_run(path, out_dir, parameters=None, timeout=3600, progress=True, name=None):
         if path.stem == "00_tour":
             (out_dir / "00_tour.html").write_text("<html>tour</html>")
             return {"name": "00_tour", "status": "ok", "error": None, "parameters": parameters, "seconds": 1.5,
@@ -143,7 +159,7 @@ def test_interruption_keeps_finished_lessons_and_says_what_was_cut_off(tmp_path,
 def test_an_interrupted_lessons_partial_page_is_linked(tmp_path, monkeypatch):
     out = tmp_path / "out"
 
-    def fake_run(path, out_dir, parameters=None, timeout=3600, progress=True):
+    def fake_run(path, out_dir, parameters=None, timeout=3600, progress=True, name=None):
         (out_dir / f"{path.stem}.html").write_text("<html>partial</html>")
         raise report.NotebookInterrupted({"name": path.stem, "status": "interrupted", "error": "KeyboardInterrupt",
                                           "cell": 4, "seconds": 7.0, "parameters": {}, "html": f"{path.stem}.html"})
