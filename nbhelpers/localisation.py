@@ -8,7 +8,8 @@ its mask:
 ``cmi`` (i(x; word | rest) per pixel), ``cmi smoothed`` (the same, Gaussian-smoothed with σ =
 ``smooth`` latent pixels: each pixel's Monte-Carlo estimate is noisy, and a latent pixel's neighbours
 share its object), ``mi`` (i(x; prompt) per pixel, the same for every word), ``attention`` (DAAM-style
-cross-attention) and ``attention+cmi`` (mean of the two min-max-normalised maps). Scores: mIoU at
+cross-attention) and ``attention+cmi`` (mean of the two min-max-normalised maps); on an MMDiT (SD3,
+Flux) also ``concept attention`` (ConceptAttention with the case's words as the concepts). Scores: mIoU at
 thresholds of the min-max-normalised map (the best of 50 in [0.1, 0.5] as
 published, chosen on the evaluation set itself, and a threshold chosen on a separate calibration half,
 which is the honest number), and the threshold-free AUROC.
@@ -28,6 +29,9 @@ from .tables import digest, plain
 from .validate import ArgumentError, validated, whole_number
 
 METHODS = ("cmi", "cmi smoothed", "mi", "attention", "attention+cmi", "whole image")
+# An MMDiT (SD3, Flux) adds ConceptAttention (Helbling et al.): the case's words as concepts, softmaxed
+# against each other in the attention-output space (nbhelpers.concept_attention).
+CONCEPT_ATTENTION = "concept attention"
 THRESHOLDS = np.linspace(0.1, 0.5, 50)
 
 
@@ -66,6 +70,24 @@ class LocalisationResult:
                          "threshold": float(self.thresholds[t_cal]),
                          "AUROC": float(np.nanmean([r["auroc"][m] for r in recs]))})
         return pd.DataFrame(rows).set_index("method")
+
+    def auroc_interval(self, method: str, kind: str | None = None, level: float = 0.95, n_boot: int = 1000,
+                       seed: int = 0) -> tuple[float, float, float]:
+        """(mean AUROC of ``method``, lower, upper): a percentile bootstrap interval resampling images (an
+        image's words together), for the words of ``kind`` (None: all)."""
+        from .metrics import bootstrap_ci
+
+        recs = [r for r in self.records if kind is None or r.get("kind") == kind]
+        if not recs or method not in recs[0]["auroc"]:
+            have = sorted(self.records[0]["auroc"]) if self.records else []
+            raise ArgumentError(f"no AUROC of method {method!r} (kind {kind!r}); this study has {have}")
+        values = np.array([r["auroc"][method] for r in recs], float)
+        image = np.array([r["image"] for r in recs])
+        ids = np.unique(image)
+        rows_of = [np.flatnonzero(image == i) for i in ids]
+        lo, hi = bootstrap_ci(lambda idx: np.nanmean(values[np.concatenate([rows_of[i] for i in idx])]), len(ids),
+                              n_boot, seed, level)
+        return float(np.nanmean(values)), lo, hi
 
     def to_dict(self) -> dict:
         kinds = sorted({r.get("kind") for r in self.records} - {None})
@@ -139,12 +161,11 @@ def localisation_study(model, images: np.ndarray, cases: list[LocalisationCase],
     work = {k: (images[k], c) for k, c in enumerate(cases) if c.targets}
     done = run_image_shards(model, _localisation_shard, work, params, executor, out, spec, RECORD_KEY,
                             images_per_shard, "localisation")
-    records, curves = [], {m: [] for m in METHODS}
+    records, curves = [], {}
     for k in sorted(done):
         for row in sorted(done[k], key=lambda r: r["target"]):
-            iou_row = row["iou"]
-            for m in METHODS:
-                curves[m].append(np.asarray(iou_row[m], float))
+            for m, curve in row["iou"].items():
+                curves.setdefault(m, []).append(np.asarray(curve, float))
             records.append({c: v for c, v in row.items() if c not in ("iou", "target")})
     return LocalisationResult(records, THRESHOLDS, {m: np.array(v) for m, v in curves.items()},
                               dict(n=n, attention_n=attention_n, seed=seed, n_images=len(cases), smooth=smooth))
@@ -162,17 +183,25 @@ def _localisation_shard(model, shard: dict) -> list[tuple[int, list[dict]]]:
         info = prompt_information(model, x, case.prompt, words=words, n=shard["n"], seed=shard["seed"] + k,
                                   batch_size=shard["batch_size"], form=shard["form"])
         att = word_attention_maps(model, x, case.prompt, words=words, n=shard["attention_n"], seed=shard["seed"] + k)
+        concept = None
+        if getattr(getattr(model, "family", None), "joint_attention", False):
+            from .concept_attention import concept_attention_maps
+
+            concept = concept_attention_maps(model, x, words, prompt=case.prompt, n=shard["attention_n"],
+                                             seed=shard["seed"] + k)
         rows = []
         for j, t in enumerate(case.targets):
             cmi = info.words[t.word].map
             maps = {"cmi": cmi, "cmi smoothed": gaussian_filter(cmi, shard["smooth"], mode="nearest"),
                     "mi": info.prompt.map, "attention": att[t.word],
                     "attention+cmi": (minmax(att[t.word]) + minmax(cmi)) / 2, "whole image": None}
+            if concept is not None:
+                maps[CONCEPT_ATTENTION] = concept[t.word]
             c, a = score_maps(maps, t.mask)
             for name, extra in t.extra.items():
                 a[f"cmi vs {name}"] = auroc(upsample(cmi, extra.shape[0]), extra)
             rows.append(plain({"image": k, "target": j, "word": t.word, "object": t.label, "prompt": case.prompt,
                                "auroc": a, "kind": t.kind, "cmi_value": info.words[t.word].value,
-                               "iou": {m: c[m] for m in METHODS}}))
+                               "iou": c}))
         out.append((k, rows))
     return out

@@ -56,3 +56,10 @@ def tiny_v_model(tmp_path_factory):
 
     folder = save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "v", prediction_type="v_prediction", seed=1)
     return load_model(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_dit_model():
+    from nbhelpers import load_model
+
+    return load_model("toy-dit", device="cpu")

@@ -8,16 +8,19 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-# Every lesson's checks must hold for any seed, not the one they were written with: each lesson runs in fast mode
-# with its own default seed and with one other, the others taking turns so that each of them runs two lessons (the
-# checks' tolerances come from standard errors or sample sizes). Every lesson with all three seeds: about 7.5 more
-# minutes, run by hand with `nbhelpers report --fast -p seed=S` (all passed on 2026-12-02/03).
+# Every lesson runs on both world models (the UNet "toy" and the MMDiT "toy-dit"), and its checks must hold for any
+# seed, not the one they were written with: on "toy" each lesson runs in fast mode with its own default seed, on
+# "toy-dit" with one other, the others taking turns (the checks' tolerances come from standard errors or sample
+# sizes). Every lesson with all three seeds on both models: run by hand with
+# `nbhelpers report --fast --models toy toy-dit -p seed=S`.
 OTHER_SEEDS = (1, 7, 12345)
-RUNS = [(p, None) for p in NOTEBOOKS] + [(p, OTHER_SEEDS[i % len(OTHER_SEEDS)]) for i, p in enumerate(NOTEBOOKS)]
+RUNS = ([(p, None, "toy") for p in NOTEBOOKS]
+        + [(p, OTHER_SEEDS[i % len(OTHER_SEEDS)], "toy-dit") for i, p in enumerate(NOTEBOOKS)])
 
 
-@pytest.mark.parametrize("path,seed", RUNS, ids=[f"{p.stem}-seed{'default' if s is None else s}" for p, s in RUNS])
-def test_notebook_runs_headless(path, seed, tmp_path, monkeypatch):
+@pytest.mark.parametrize("path,seed,model", RUNS,
+                         ids=[f"{p.stem}-{m}-seed{'default' if s is None else s}" for p, s, m in RUNS])
+def test_notebook_runs_headless(path, seed, model, tmp_path, monkeypatch):
     import papermill
 
     from nbhelpers.report import notebook_parameters
@@ -28,13 +31,13 @@ def test_notebook_runs_headless(path, seed, tmp_path, monkeypatch):
     monkeypatch.setenv("NBHELPERS_HEADLESS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out_dir = tmp_path / "out"
-    run = {"fast": True, "output_dir": str(out_dir)}
+    run = {"fast": True, "output_dir": str(out_dir), "model": model}
     if seed is not None:
         run["seed"] = seed
     papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters=run,
                                cwd=str(path.parent), kernel_name="python3", progress_bar=False)
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert metrics.get("model") == "toy"
+    assert metrics.get("model") == model
     assert list(out_dir.glob("*.png")), "the notebook saved no figure"
 
 
