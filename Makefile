@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # never pulls a multi-GB CUDA build as a dependency of something else. Override for a GPU build.
 TORCH_SPEC ?= torch>=2.4,<2.14
 
-.PHONY: setup report test clean train-toy browser
+.PHONY: setup report test clean train-toy train-toy-dit browser
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 report: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m nbhelpers.report --out reports
+	HF_HUB_OFFLINE=1 $(BIN)/python -m nbhelpers.report --out reports --models toy toy-dit
 
 # Debian's chromium for tests/test_browser.py (Playwright drives the system browser; nothing is
 # downloaded by `playwright install`). Never fails: without chromium that test skips and says why.
@@ -37,6 +37,12 @@ test: setup browser
 train-toy: setup
 	$(BIN)/python -m nbhelpers.toyworld.train --out data/models/toy --minutes 1000 --max-steps 3200 --extend-steps 3000
 	$(BIN)/python -m nbhelpers.toyworld.evaluate --card data/models/toy/README.md
+
+# The second world model (SD3 layout, rectified flow, the toy model's VAE); its card is written by hand from
+# `python -m nbhelpers.toyworld.evaluate --model toy-dit`.
+train-toy-dit: setup
+	$(BIN)/python -m nbhelpers.toyworld.train --arch dit --out data/models/toy-dit --minutes 1000 --max-steps 9000
+	$(BIN)/python -m nbhelpers.toyworld.evaluate --model toy-dit
 
 clean:
 	rm -rf reports .pytest_cache
