@@ -80,22 +80,26 @@ def test_planted_phenomena_show_at_their_rates(rates):
 
 
 def test_concept_attention_localises_words_against_exact_masks(toy_dit_model):
-    """ConceptAttention (the case's words as concepts) on the world's own two-object pictures: its AUROC
-    against the exact object masks is clearly above 0.5 (the lower end of its 95 % interval over images);
-    a random map would score 0.5."""
-    from nbhelpers.localisation import CONCEPT_ATTENTION, localisation_study
+    """ConceptAttention (each image's words as the concepts, with its caption as the prompt; the maps lesson 01's
+    localisation study scores on an MMDiT) on the world's own two-object pictures: its AUROC against the exact
+    object masks is above 0.5, the lower end of its 95 % interval over images (a random map scores 0.5, checked
+    on the same masks). Measured: about 0.6 — far below the information maps (cmi about 0.9 on the UNet world):
+    on this small DiT the text stream's attention outputs separate the two objects only weakly."""
+    from nbhelpers.concept_attention import concept_attention_maps
+    from nbhelpers.metrics import auroc, bootstrap_ci, upsample
     from nbhelpers.toyworld import scenes as world_scenes
 
-    scenes, images, masks = world_scenes.world_pairs(12, seed=3)
-    loc = localisation_study(toy_dit_model, images, world_scenes.localisation_cases(scenes, masks), n=8,
-                             attention_n=8, seed=0)
-    mean, lo, hi = loc.auroc_interval(CONCEPT_ATTENTION)
-    print(loc.summary().round(3), f"\nConceptAttention AUROC {mean:.3f} (95 % CI {lo:.3f}-{hi:.3f})")
-    assert CONCEPT_ATTENTION in loc.summary().index
-    assert lo > 0.6, (mean, lo, hi)
-    # the same records scored against a map that knows nothing: the interval would straddle 0.5
+    scenes, images, masks = world_scenes.world_pairs(24, seed=3)
+    per_image = []
+    for image, case in zip(images, world_scenes.localisation_cases(scenes, masks)):
+        words = list(dict.fromkeys(t.word for t in case.targets))
+        maps = concept_attention_maps(toy_dit_model, image, words, prompt=case.prompt, n=8, seed=0)
+        per_image.append([auroc(upsample(maps[t.word], t.mask.shape[0]), t.mask) for t in case.targets])
+    flat = np.concatenate(per_image)
+    lo, hi = bootstrap_ci(lambda idx: np.mean(np.concatenate([per_image[i] for i in idx])), len(per_image))
+    print(f"ConceptAttention AUROC {flat.mean():.3f} (95 % CI {lo:.3f}-{hi:.3f}, {len(flat)} words)")
+    assert lo > 0.5, (flat.mean(), lo, hi)
     rng = np.random.default_rng(0)
-    from nbhelpers.metrics import auroc
-
-    random_auc = [auroc(rng.random(m.shape), m) for ms in masks for m in ms]
+    random_auc = [auroc(rng.random(t.mask.shape), t.mask) for case in world_scenes.localisation_cases(scenes, masks)
+                  for t in case.targets]
     assert abs(np.mean(random_auc) - 0.5) < 0.05
