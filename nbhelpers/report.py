@@ -76,12 +76,12 @@ class Run:
 def runs_for(chosen: list, planned: dict[str, dict], models: list[str] | None = None) -> list[Run]:
     """The runs of a report: each notebook once with its planned parameters, or with ``models``, each
     notebook that declares ``model`` once per model, named ``<notebook>`` for the first model and
-    ``<notebook>@<model>`` for the others (a notebook that compares models itself, declaring ``models``,
+    ``<notebook>@<model>`` for the others (a notebook that compares models itself, declaring ``other_model``,
     and one without a ``model`` parameter run once)."""
     runs = []
     for spec in chosen:
         params = planned[spec.name]
-        if not models or "model" not in spec.defaults or "models" in spec.defaults:
+        if not models or "model" not in spec.defaults or "other_model" in spec.defaults:
             runs.append(Run(spec.name, spec, dict(params)))
             continue
         for i, m in enumerate(models):
