@@ -190,8 +190,8 @@ def _infodecomp_localisation(cfg: dict, model, out: Path) -> list[dict]:
                          "best of 50 thresholds chosen on the evaluation set itself"))
         rows.append(_row(f"mIoU % ({m})", "held-out", *held, None, len(curves),
                          "threshold chosen on the even-numbered images, scored on the odd-numbered"))
-        auc = np.array([r["auroc"][m] for r in res.records], float)
-        rows.append(_row(f"AUROC ({m})", "threshold-free", np.nanmean(auc), _boot_mean(auc, image), None, len(auc)))
+        mean, lo, hi = res.auroc_interval(m)
+        rows.append(_row(f"AUROC ({m})", "threshold-free", mean, (lo, hi), None, len(res.records)))
     return rows
 
 
@@ -218,15 +218,6 @@ def _miou_intervals(curves: np.ndarray, image: np.ndarray, seed: int = 0, n_boot
     everything = np.arange(len(ids))
     return ((best(everything), bootstrap_ci(best, len(ids), n_boot, seed)),
             (held(everything), bootstrap_ci(held, len(ids), n_boot, seed) if len(ids) > 1 else None))
-
-
-def _boot_mean(values: np.ndarray, image: np.ndarray, seed: int = 0, n_boot: int = 1000):
-    from .metrics import bootstrap_ci
-
-    ids = np.unique(image)
-    rows_of = [np.flatnonzero(image == i) for i in ids]
-    return bootstrap_ci(lambda idx: np.nanmean(values[np.concatenate([rows_of[i] for i in idx])]), len(ids),
-                        n_boot, seed)
 
 
 def _infodecomp_aro(cfg: dict, model, out: Path) -> list[dict]:
