@@ -41,7 +41,8 @@ train-toy: setup
 # The second world model (SD3 layout, rectified flow, the toy model's VAE); its card is written by hand from
 # `python -m nbhelpers.toyworld.evaluate --model toy-dit`.
 train-toy-dit: setup
-	$(BIN)/python -m nbhelpers.toyworld.train --arch dit --out data/models/toy-dit --minutes 1000 --max-steps 9000
+	$(BIN)/python -m nbhelpers.toyworld.train --arch dit --out data/models/toy-dit --minutes 1000 --max-steps 9000 \
+	  --extend-steps 5000 --extend-kind-weights pair=1.5,subject=3
 	$(BIN)/python -m nbhelpers.toyworld.evaluate --model toy-dit
 
 clean:

@@ -423,6 +423,45 @@ def compare_audits(data_table, model_table):
     return shown
 
 
+def audits_side_by_side(tables: dict, truth: dict | None = None):
+    """Audits of several models (same subjects, dimensions and reference) side by side: one row per
+    (subject, dimension, group) that is a known bias (``truth`` {(subject, dimension): (group, rate)}) or that
+    any audit flags (the group it leans to); columns ``planted`` (the true rate, when known) and, per model,
+    its rate, 95 % interval ("lo–hi") and whether it is flagged (Holm). ``.attrs["flagged"]``: {model: flagged
+    (subject, dimension) pairs}; ``.attrs["missed"]``: {model: known biases it does not flag};
+    ``.attrs["extra"]``: {model: flags that are not known biases}."""
+    import pandas as pd
+
+    if not tables:
+        raise AuditError("audits_side_by_side needs at least one audit table, e.g. {'toy': table}")
+    truth = truth or {}
+    flagged = {name: {(f["subject"], f["dimension"]): f["group"] for f in summarise(t).flagged}
+               for name, t in tables.items()}
+    keys = {(s, d, g) for (s, d), (g, _) in truth.items()}
+    keys |= {(s, d, g) for f in flagged.values() for (s, d), g in f.items()}
+    rows = []
+    for s, d, g in sorted(keys):
+        row = {("", "subject"): s, ("", "dimension"): d, ("", "group"): g,
+               ("", "planted"): truth[(s, d)][1] if truth.get((s, d), (None,))[0] == g else np.nan}
+        for name, t in tables.items():
+            hit = t[(t.subject == s) & (t.dimension == d) & (t.group == g)]
+            if hit.empty:
+                row.update({(name, "rate"): np.nan, (name, "95% CI"): "", (name, "flagged"): False})
+                continue
+            r = hit.iloc[0]
+            row.update({(name, "rate"): float(r.rate), (name, "95% CI"): f"{r.ci_low:.2f}–{r.ci_high:.2f}",
+                        (name, "flagged"): bool(r.flagged)})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["model", "value"])
+    out = out.set_index([("", "subject"), ("", "dimension"), ("", "group")])
+    out.index.names = ["subject", "dimension", "group"]
+    out.attrs.update(flagged={name: sorted(f) for name, f in flagged.items()},
+                     missed={name: sorted(set(truth) - set(f)) for name, f in flagged.items()},
+                     extra={name: sorted(set(f) - set(truth)) for name, f in flagged.items()})
+    return out
+
+
 def rates_by_guidance(tables: dict, subjects):
     """Each subject's leaning (the groups drawn above their reference in the first table) followed
     across audits at several guidance scales: ``tables`` {guidance: association table}; a long table

@@ -37,6 +37,7 @@ import argparse
 import ast
 import html
 import json
+import math
 import os
 import signal
 import sys
@@ -438,11 +439,24 @@ def write_index(out_dir: Path, summaries: list[dict], command: str = "nbhelpers 
 
 
 def write_metrics(output_dir: str | None, metrics: dict) -> dict:
-    """Write a notebook's key numbers to ``output_dir/metrics.json`` (when set); returns them."""
+    """Write a notebook's key numbers to ``output_dir/metrics.json`` (when set); returns them. A number
+    that is not finite (a method a model lacks: NaN) is written as ``null``, so the file is strict JSON."""
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+        text = json.dumps(_strict_json(json.loads(json.dumps(metrics, default=float))), indent=1, allow_nan=False)
+        (Path(output_dir) / "metrics.json").write_text(text)
     return metrics
+
+
+def _strict_json(obj):
+    """``obj`` (parsed JSON) with NaN and infinities replaced by None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict_json(v) for v in obj]
+    return obj
 
 
 def build_parser() -> argparse.ArgumentParser:

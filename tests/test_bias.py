@@ -208,3 +208,23 @@ def test_comparisons_against_a_truth_another_audit_and_another_guidance():
     assert len(covered) == 2 and covered.attrs["all_covered"] == bool(
         (covered.ci_low <= covered.planted).all() and (covered.planted <= covered.ci_high).all())
     assert not bias.true_rates_in_intervals(data, {("nurse", "colour"): ("warm", 0.5)}).attrs["all_covered"]
+
+
+def test_audits_side_by_side_shows_each_models_flags_against_the_truth():
+    """Two synthetic 'models' with known rates: one reproduces the planted biases, one misses the nurse's
+    and adds a lawyer's; the table says so per model, with each model's own rate and interval."""
+    truth = {("nurse", "colour"): ("warm", 0.85), ("pilot", "colour"): ("cool", 0.85)}
+    faithful = bias.association_table(synthetic(PLANTED, 200, seed=4), DIMS, n_perm=2000, n_boot=500, seed=4)
+    other = bias.association_table(synthetic({**PLANTED, "nurse": 0.5, "lawyer": 0.9}, 200, seed=5), DIMS,
+                                   n_perm=2000, n_boot=500, seed=5)
+    both = bias.audits_side_by_side({"a": faithful, "b": other}, truth)
+    assert both.attrs["missed"] == {"a": [], "b": [("nurse", "colour")]}
+    assert both.attrs["extra"] == {"a": [], "b": [("lawyer", "colour")]}
+    assert set(both.index) == {("nurse", "colour", "warm"), ("pilot", "colour", "cool"), ("lawyer", "colour", "warm")}
+    nurse = both.loc[("nurse", "colour", "warm")]
+    assert nurse[("", "planted")] == 0.85 and nurse[("a", "flagged")] and not nurse[("b", "flagged")]
+    row = faithful[(faithful.subject == "nurse") & (faithful.group == "warm")].iloc[0]
+    assert nurse[("a", "rate")] == row.rate and nurse[("a", "95% CI")] == f"{row.ci_low:.2f}–{row.ci_high:.2f}"
+    assert np.isnan(both.loc[("lawyer", "colour", "warm"), ("", "planted")])
+    with pytest.raises(bias.AuditError, match="at least one"):
+        bias.audits_side_by_side({})

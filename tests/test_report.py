@@ -4,6 +4,7 @@ import ast
 import json
 
 import nbformat
+import numpy as np
 import pytest
 
 from nbhelpers import report
@@ -229,3 +230,14 @@ def test_sigint_to_the_report_process(tmp_path):
     index = (out / "index.html").read_text()
     assert "Interrupted</b> (Ctrl-C) during 01_slow" in index and 'href="00_quick.html"' in index
     assert (out / "00_quick.html").exists() and (out / "01_slow.html").exists()
+
+
+def test_metrics_are_strict_json(tmp_path):
+    """A method a model lacks is NaN in its table; metrics.json says null, which every JSON reader accepts."""
+    from nbhelpers.report import write_metrics
+
+    write_metrics(str(tmp_path), {"auroc": {"cmi": 0.9, "concept attention": float("nan")}, "n": np.int64(3),
+                                  "spread": [float("inf"), 1.5]})
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"auroc": {"cmi": 0.9, "concept attention": None}, "n": 3.0, "spread": [None, 1.5]}

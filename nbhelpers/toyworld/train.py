@@ -199,87 +199,30 @@ class EMAState(torch.nn.Module):
     def load_state_dict(self, sd, *a, **k):
         for i, p in enumerate(self.ema.shadow_params):
             p.data.copy_(sd[f"p{i}"])
+        return [], []  # (missing, unexpected), as Module.load_state_dict reports them
 
 
-def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, minutes: float, batch: int, seed: int,
-                   log: dict, max_steps: int | None = None, extend_steps: int = 0, extend_lr: float = 3e-4,
-                   extend_kind_weights: dict[str, float] | None = None):
+def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, plan, batch: int, seed: int, log: dict):
+    """Train the UNet and its CLIP text encoder under ``plan`` (a ``training_loop.Cycles``); returns them
+    with their EMA weights and the training scheduler."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from diffusers.training_utils import EMAModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .training_loop import train_cycles
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                         **TEXT_CONFIG))
-    params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
-    ema_unet = EMAModel(unet.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
-    ema_text = EMAModel(text.parameters(), decay=0.999, use_ema_warmup=True, power=0.75)
     sched = DDPMScheduler(**SCHEDULE)
     weight = loss_weights(sched)
 
-    ema_u, ema_t = EMAState(ema_unet), EMAState(ema_text)
-    mods = {"unet": unet, "text": text, "opt": opt, "ema_unet": ema_u, "ema_text": ema_t}
-    state = ckpt.load("denoiser", mods) or {"step": 0, "total": None, "seconds": 0.0}
-    ema_unet.optimization_step = ema_text.optimization_step = state["step"]
-    rng = np.random.default_rng(seed + state["step"])
-    gen = torch.Generator().manual_seed(seed + state["step"])
-    step, total = state["step"], state["total"]
-    seconds = state["seconds"]
-    # A second cosine cycle ("extension") continues a finished first one at a lower peak rate and
-    # with re-weighted scene kinds; the first cycle's length is kept in the checkpoint.
-    first = state.get("first_total", total)
-    if extend_steps and total is not None and state.get("first_total") is None:
-        first = total
-    if extend_steps:
-        if first is None:
-            raise ValueError("--extend-steps continues a finished first cycle; run without it first")
-        total = first + extend_steps
-        log["extension"] = {"steps": extend_steps, "peak_lr": extend_lr, "kind_weights": extend_kind_weights}
-    probs = kind_weights(scenes, extend_kind_weights)
-    losses = []
-    bar = tqdm(total=total, initial=step, desc="UNet+text", mininterval=10) if total else None
-    while total is None or step < total:
-        t_start = time.time()
-        in_extension = bool(extend_steps) and step >= first
-        if in_extension and "first_cycle_seconds" not in log:
-            log["first_cycle_seconds"] = seconds  # the first cycle's own time, for the model card
-        if in_extension and probs is not None:
-            idx = rng.choice(len(scenes), size=batch, p=probs)
-        else:
-            idx = rng.integers(0, len(scenes), batch)
-        for g in opt.param_groups:
-            g["lr"] = (cosine_lr(step - first, extend_steps, extend_lr, warmup=100) if in_extension
-                       else cosine_lr(step, (first if extend_steps else total) or 10**6, 1e-3))
-        loss = denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema_unet.step(unet.parameters())
-        ema_text.step(text.parameters())
-        step += 1
-        seconds += time.time() - t_start
-        losses.append(loss.item())
-        if total is None and step == 20:  # fix the number of steps from the measured speed
-            total = max(200, int(minutes * 60 / (seconds / step)))
-            if max_steps:
-                total = min(total, max_steps)
-            bar = tqdm(total=total, initial=step, desc="UNet+text", mininterval=10)
-        if bar is not None:
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if step % 250 == 0 or step == total:
-            ckpt.save("denoiser", mods, step, {"total": total, "seconds": seconds,
-                                               **({"first_total": first} if extend_steps else {})})
-            log.setdefault("loss_curve", []).append([step, float(np.mean(losses[-250:]))])
-    log["denoiser_steps"] = step
-    log["denoiser_seconds"] = seconds
-    ema_unet.copy_to(unet.parameters())
-    ema_text.copy_to(text.parameters())
+    def loss_fn(idx, rng, gen):
+        return denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty=0.1)
+
+    train_cycles("denoiser", {"unet": unet, "text": text}, loss_fn, scenes, ckpt, plan, batch, seed, log,
+                 desc="UNet+text")
     return unet, text, sched
 
 
@@ -304,6 +247,14 @@ def _parse_weights(text: str) -> dict[str, float]:
     return out
 
 
+def cycles_from_args(a):
+    """The ``training_loop.Cycles`` the command line asks for."""
+    from .training_loop import Cycles
+
+    return Cycles(minutes=a.minutes, max_steps=a.max_steps, peak_lr=a.lr, extend_steps=a.extend_steps,
+                  extend_lr=a.extend_lr, extend_kind_weights=_parse_weights(a.extend_kind_weights))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=("unet", "dit"), default="unet",
@@ -311,10 +262,10 @@ def main(argv=None):
                          "(data/models/toy-dit, nbhelpers.toyworld.train_dit)")
     ap.add_argument("--out", default=None, help="output folder (default data/models/toy or data/models/toy-dit)")
     ap.add_argument("--vae-from", default="data/models/toy", help="dit: the pipeline whose VAE is reused")
-    ap.add_argument("--lr", type=float, default=1e-3, help="dit: peak learning rate")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the first cycle")
     ap.add_argument("--n-images", type=int, default=60000)
     ap.add_argument("--vae-steps", type=int, default=600)
-    ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget of the UNet stage")
+    ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget of the first cycle of the denoiser")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--extend-steps", type=int, default=0,
                     help="after the first cycle, a second cosine cycle of this many steps (resumes a finished run)")
@@ -326,6 +277,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args(argv)
     a.out = a.out or ("data/models/toy-dit" if a.arch == "dit" else "data/models/toy")
+    _parse_weights(a.extend_kind_weights)  # a typo fails here, not after the data are made
     if a.arch == "dit":
         from . import train_dit
 
@@ -354,9 +306,8 @@ def main(argv=None):
     vae.register_to_config(scaling_factor=scaling)
     log["scaling_factor"] = scaling
     log_path.write_text(json.dumps(log, indent=1))
-    unet, text, _ = train_denoiser(scenes, latents * scaling, tokenizer, ckpt, a.minutes, a.batch, a.seed + 1,
-                                   log, a.max_steps, a.extend_steps, a.extend_lr,
-                                   _parse_weights(a.extend_kind_weights))
+    unet, text, _ = train_denoiser(scenes, latents * scaling, tokenizer, ckpt, cycles_from_args(a), a.batch,
+                                   a.seed + 1, log)
     save_pipeline(out, vae, unet, text, tokenizer)
     log.update(n_images=a.n_images, batch=a.batch, vae_steps=a.vae_steps, threads=a.threads,
                wall_seconds_this_run=time.time() - t0,

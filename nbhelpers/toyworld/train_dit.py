@@ -103,62 +103,17 @@ def _trainable(pipe) -> dict:
             "t5": pipe.text_encoder_3}
 
 
-def train(scenes, latents, vae, ckpt, minutes: float, batch: int, seed: int, log: dict,
-          max_steps: int | None = None, lr: float = 1e-3):
-    """Train the toy-dit pipeline's denoiser and text encoders; returns the pipeline with EMA weights."""
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
-
-    from .train import EMAState, cosine_lr
+def train(scenes, latents, vae, ckpt, plan, batch: int, seed: int, log: dict):
+    """Train the toy-dit pipeline's denoiser and text encoders under ``plan`` (a ``training_loop.Cycles``);
+    returns the pipeline with EMA weights."""
+    from .training_loop import train_cycles
 
     pipe = build_pipeline(vae, seed)
-    nets = _trainable(pipe)
-    for m in nets.values():
-        m.train()
-    params = [p for m in nets.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    emas = {k: EMAModel(m.parameters(), decay=0.999, use_ema_warmup=True, power=0.75) for k, m in nets.items()}
-    mods = {**nets, "opt": opt, **{f"ema_{k}": EMAState(e) for k, e in emas.items()}}
-    state = ckpt.load("dit", mods) or {"step": 0, "total": None, "seconds": 0.0}
-    for e in emas.values():
-        e.optimization_step = state["step"]
-    rng = np.random.default_rng(seed + state["step"])
-    gen = torch.Generator().manual_seed(seed + state["step"])
-    step, total, seconds = state["step"], state["total"], state["seconds"]
-    losses: list[float] = []
-    bar = tqdm(total=total, initial=step, desc="DiT+text", mininterval=10) if total else None
-    while total is None or step < total:
-        t_start = time.time()
-        idx = rng.integers(0, len(scenes), batch)
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, total or 10**6, lr)
-        loss = flow_loss(pipe, latents, scenes, idx, rng, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        for k, e in emas.items():
-            e.step(nets[k].parameters())
-        step += 1
-        seconds += time.time() - t_start
-        losses.append(loss.item())
-        if total is None and step == 20:  # fix the number of steps from the measured speed
-            total = max(200, int(minutes * 60 / (seconds / step)))
-            if max_steps:
-                total = min(total, max_steps)
-            bar = tqdm(total=total, initial=step, desc="DiT+text", mininterval=10)
-        if bar is not None:
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if step % 250 == 0 or step == total:
-            ckpt.save("dit", mods, step, {"total": total, "seconds": seconds})
-            log.setdefault("loss_curve", []).append([step, float(np.mean(losses[-250:]))])
-    log["denoiser_steps"], log["denoiser_seconds"] = step, seconds
-    for k, e in emas.items():
-        e.copy_to(nets[k].parameters())
-    for m in nets.values():
-        m.eval()
+
+    def loss_fn(idx, rng, gen):
+        return flow_loss(pipe, latents, scenes, idx, rng, gen)
+
+    train_cycles("dit", _trainable(pipe), loss_fn, scenes, ckpt, plan, batch, seed, log, desc="DiT+text")
     return pipe
 
 
@@ -166,7 +121,7 @@ def main(a) -> None:
     """``python -m nbhelpers.toyworld.train --arch dit`` (arguments parsed there)."""
     from safetensors.torch import load_file, save_file
 
-    from .train import Checkpointer, encode_all, make_dataset
+    from .train import Checkpointer, cycles_from_args, encode_all, make_dataset
 
     torch.set_num_threads(a.threads)
     out = Path(a.out)
@@ -187,7 +142,7 @@ def main(a) -> None:
     log.update(scaling_factor=vae.config.scaling_factor, vae_from=str(a.vae_from),
                latent_std=float(scaled.std()), latent_mean=float(scaled.mean()))
     log_path.write_text(json.dumps(log, indent=1))
-    pipe = train(scenes, scaled, vae, ckpt, a.minutes, a.batch, a.seed + 1, log, a.max_steps, a.lr)
+    pipe = train(scenes, scaled, vae, ckpt, cycles_from_args(a), a.batch, a.seed + 1, log)
     pipe.save_pretrained(out, safe_serialization=True)
     log.update(arch="dit", n_images=a.n_images, batch=a.batch, threads=a.threads, lr=a.lr,
                wall_seconds_this_run=time.time() - t0,
