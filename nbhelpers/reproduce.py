@@ -183,41 +183,16 @@ def _infodecomp_localisation(cfg: dict, model, out: Path) -> list[dict]:
     res = localisation_study(model, images, cases, executor=_executor(cfg), out=out / "localisation", **s)
     published = _published(cfg)
     rows = []
-    image = np.array([r["image"] for r in res.records])
     for m, curves in res.iou_curves.items():
-        best, held = _miou_intervals(curves, image, seed=s.get("seed", 0))
-        rows.append(_row(f"mIoU % ({m})", "published", *best, published.get(m), len(curves),
-                         "best of 50 thresholds chosen on the evaluation set itself"))
-        rows.append(_row(f"mIoU % ({m})", "held-out", *held, None, len(curves),
-                         "threshold chosen on the even-numbered images, scored on the odd-numbered"))
+        for threshold, protocol, pub, note in (
+                ("best", "published", published.get(m), "best of 50 thresholds chosen on the evaluation set itself"),
+                ("calibrated", "held-out", None, "threshold chosen on the even-numbered images, scored on the odd-numbered")):
+            value, lo, hi = (100 * v for v in res.miou_interval(m, threshold, seed=s.get("seed", 0)))
+            rows.append(_row(f"mIoU % ({m})", protocol, value, None if np.isnan(lo) else (lo, hi), pub, len(curves),
+                             note))
         mean, lo, hi = res.auroc_interval(m)
         rows.append(_row(f"AUROC ({m})", "threshold-free", mean, (lo, hi), None, len(res.records)))
     return rows
-
-
-def _miou_intervals(curves: np.ndarray, image: np.ndarray, seed: int = 0, n_boot: int = 1000):
-    """(value, 95 % interval) of the best-threshold mIoU and of the held-out-threshold mIoU (in %), the
-    interval by resampling images (their words together) and re-running the threshold choice each time."""
-    from .metrics import bootstrap_ci
-
-    ids = np.unique(image)
-    rows_of = [np.flatnonzero(image == i) for i in ids]
-
-    def best(idx):
-        sel = np.concatenate([rows_of[i] for i in idx])
-        return 100 * curves[sel].mean(0).max()
-
-    def held(idx):
-        cal = [rows_of[i] for i in idx if ids[i] % 2 == 0]
-        ev = [rows_of[i] for i in idx if ids[i] % 2 == 1]
-        if not cal or not ev:
-            return np.nan
-        t = int(np.argmax(curves[np.concatenate(cal)].mean(0)))
-        return 100 * curves[np.concatenate(ev), t].mean()
-
-    everything = np.arange(len(ids))
-    return ((best(everything), bootstrap_ci(best, len(ids), n_boot, seed)),
-            (held(everything), bootstrap_ci(held, len(ids), n_boot, seed) if len(ids) > 1 else None))
 
 
 def _infodecomp_aro(cfg: dict, model, out: Path) -> list[dict]:

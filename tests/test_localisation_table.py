@@ -37,3 +37,26 @@ def test_side_by_side_reports_each_models_scores():
 def test_side_by_side_needs_a_study():
     with pytest.raises(ArgumentError, match="at least one study"):
         side_by_side({})
+
+
+def test_miou_interval_matches_the_summary_and_rechooses_the_threshold():
+    """Two thresholds: odd images do best at the first, even ones at the second (known curves). The calibrated
+    score picks the even images' threshold and scores the odd images there; the best-threshold score is the
+    maximum of the mean curve; both equal the summary's columns and lie in their intervals."""
+    n_img, t = 10, len(THRESHOLDS)
+    curves = np.zeros((2 * n_img, t))
+    for r in range(2 * n_img):
+        img = r // 2
+        curves[r, 0], curves[r, 1] = (0.8, 0.4) if img % 2 else (0.3, 0.6)
+    study = LocalisationResult([{"image": r // 2, "target": "w", "kind": "colour", "auroc": {"cmi": 0.7}}
+                                for r in range(2 * n_img)], THRESHOLDS, {"cmi": curves})
+    value, lo, hi = study.miou_interval("cmi", "calibrated")
+    assert value == pytest.approx(0.4)  # threshold 1 (chosen on even images) scored on odd images
+    assert value == pytest.approx(study.summary().loc["cmi", "mIoU (calibrated threshold)"])
+    best, blo, bhi = study.miou_interval("cmi", "best")
+    assert best == pytest.approx(0.55) == pytest.approx(study.summary().loc["cmi", "mIoU (best threshold)"])
+    assert blo <= best <= bhi and lo <= value <= hi
+    with pytest.raises(ArgumentError, match="'calibrated' or 'best'"):
+        study.miou_interval("cmi", "median")
+    with pytest.raises(ArgumentError, match="no IoU curves"):
+        study.miou_interval("attention")
