@@ -25,7 +25,8 @@ def _guarded_connect(self, address):
 
 
 socket.socket.connect = _guarded_connect
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# two threads (CI's machine has two cores); OMP_NUM_THREADS=1 leaves a core to another job
+torch.set_num_threads(max(1, min(int(os.environ.get("OMP_NUM_THREADS", "2")), 2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
