@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nbhelpers.model import TOY_DIT_MODEL_DIR, TOY_MODEL_DIR
-from nbhelpers.toyworld.evaluate import evaluate_quality, planted_rates
+from nbhelpers.toyworld.evaluate import evaluate_quality, planted_rates, rate_lines
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,7 @@ def quality(toy_dit_model):
 @pytest.fixture(scope="module")
 def rates(toy_dit_model):
     rows = planted_rates(toy_dit_model, n=200)
-    for r in rows:
-        print(f"{r['prompt']:>22}: {r['attribute']}={r['value']} planted {r['planted']:.2f} "
-              f"measured {r['measured']:.2f} (95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}, n={r['n']}, "
-              f"off-support {r['off_support']:.2f})")
+    print(rate_lines(rows))
     return rows
 
 

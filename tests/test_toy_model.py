@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nbhelpers.model import TOY_MODEL_DIR
-from nbhelpers.toyworld.evaluate import evaluate_quality, planted_rates
+from nbhelpers.toyworld.evaluate import evaluate_quality, planted_rates, rate_lines
 
 # What the shipped model measures (deterministic seeds), less a few points: a regression guard.
 REGRESSION = {"colour": 0.97, "shape": 0.95, "size": 0.97, "position": 0.97}
@@ -28,10 +28,7 @@ def quality(toy_model):
 @pytest.fixture(scope="module")
 def rates(toy_model):
     rows = planted_rates(toy_model, n=200)
-    for r in rows:
-        print(f"{r['prompt']:>22}: {r['attribute']}={r['value']} planted {r['planted']:.2f} "
-              f"measured {r['measured']:.2f} (95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}, n={r['n']}, "
-              f"off-support {r['off_support']:.2f})")
+    print(rate_lines(rows))
     return rows
 
 

@@ -192,6 +192,13 @@ Words outside the world's vocabulary (`data/WORLD_CARD.md`) carry no meaning to 
 """
 
 
+def rate_lines(rows: list[dict]) -> str:
+    """The planted rates of :func:`planted_rates`, one readable line each (for logs and the command line)."""
+    return "\n".join(f"{r['prompt']:>22}: {r['attribute']}={r['value']} planted {r['planted']:.2f} "
+                     f"measured {r['measured']:.2f} (95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}, n={r['n']}, "
+                     f"off-support {r['off_support']:.2f})" for r in rows)
+
+
 def write_card(path, model, quality: QualityReport, rates: list[dict], n_rate: int):
     """Write the model card from the training log and the measurements."""
     from pathlib import Path
@@ -251,6 +258,7 @@ def main(argv=None):
     q = evaluate_quality(model, a.n_single, a.n_pair, steps=a.steps, guidance=a.guidance)
     rates = planted_rates(model, a.n_rate, steps=a.steps)
     print(json.dumps({"quality": q.to_dict(), "planted_rates": rates}, indent=1))
+    print(rate_lines(rates))
     if a.card:
         write_card(a.card, model, q, rates, a.n_rate)
         print(f"wrote {a.card}")
