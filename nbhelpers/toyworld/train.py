@@ -251,8 +251,9 @@ def cycles_from_args(a):
     """The ``training_loop.Cycles`` the command line asks for."""
     from .training_loop import Cycles
 
-    return Cycles(minutes=a.minutes, max_steps=a.max_steps, peak_lr=a.lr, extend_steps=a.extend_steps,
-                  extend_lr=a.extend_lr, extend_kind_weights=_parse_weights(a.extend_kind_weights))
+    return Cycles(minutes=a.minutes, max_steps=a.max_steps, peak_lr=a.lr, extend_steps=tuple(a.extend_steps or ()),
+                  extend_lr=a.extend_lr,
+                  extend_kind_weights=tuple(_parse_weights(w) for w in (a.extend_kind_weights or ["pair=2,subject=2"])))
 
 
 def main(argv=None):
@@ -267,17 +268,19 @@ def main(argv=None):
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget of the first cycle of the denoiser")
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--extend-steps", type=int, default=0,
-                    help="after the first cycle, a second cosine cycle of this many steps (resumes a finished run)")
-    ap.add_argument("--extend-lr", type=float, default=3e-4, help="peak learning rate of the second cycle")
-    ap.add_argument("--extend-kind-weights", default="pair=2,subject=2",
-                    help="scene-kind sampling weights in the second cycle, e.g. 'pair=2,subject=2'")
+    ap.add_argument("--extend-steps", type=int, action="append",
+                    help="after the first cycle, one more cosine cycle of this many steps (repeat for several; "
+                         "resumes a finished run)")
+    ap.add_argument("--extend-lr", type=float, default=3e-4, help="peak learning rate of the later cycles")
+    ap.add_argument("--extend-kind-weights", action="append",
+                    help="scene-kind sampling weights of a later cycle, e.g. 'pair=2,subject=2' (the default; repeat "
+                         "once per --extend-steps, the last one serves the cycles after it)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args(argv)
     a.out = a.out or ("data/models/toy-dit" if a.arch == "dit" else "data/models/toy")
-    _parse_weights(a.extend_kind_weights)  # a typo fails here, not after the data are made
+    cycles_from_args(a)  # a typo in the kind weights fails here, not after the data are made
     if a.arch == "dit":
         from . import train_dit
 

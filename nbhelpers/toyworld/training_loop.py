@@ -19,17 +19,31 @@ from .train import EMAState, cosine_lr, kind_weights
 @dataclass(frozen=True)
 class Cycles:
     """The step plan. The first cycle lasts ``minutes`` of measured training speed (fixed after 20 steps),
-    at most ``max_steps``; its cosine peak is ``peak_lr``. ``extend_steps`` > 0 adds a second cosine cycle
-    (``extend_lr`` peak, 100 warm-up steps) that continues a *finished* first one with scene kinds
-    re-weighted by ``extend_kind_weights`` (``{"subject": 3.0}``): planned from the start, or added to a
-    finished run (it resumes from the checkpoint). The first cycle's length is kept in the checkpoint."""
+    at most ``max_steps``; its cosine peak is ``peak_lr``. Each entry of ``extend_steps`` adds one more cosine
+    cycle of that many steps (``extend_lr`` peak, 100 warm-up steps) after the first, with scene kinds
+    re-weighted by the matching entry of ``extend_kind_weights`` (``{"subject": 3.0}``; the last entry serves
+    the cycles after it): planned from the start, or added to a finished run (it resumes from the checkpoint).
+    The first cycle's length is kept in the checkpoint."""
 
     minutes: float
     max_steps: int | None = None
     peak_lr: float = 1e-3
-    extend_steps: int = 0
+    extend_steps: tuple = ()
     extend_lr: float = 3e-4
-    extend_kind_weights: dict | None = None
+    extend_kind_weights: tuple = ()
+
+    def later_cycle(self, step_after_first: int) -> tuple[int, int]:
+        """(index of the later cycle, its first step counted from the end of the first cycle)."""
+        start = 0
+        for k, n in enumerate(self.extend_steps):
+            if step_after_first < start + n or k == len(self.extend_steps) - 1:
+                return k, start
+            start += n
+        raise ValueError("no later cycles planned")
+
+    def weights_of(self, k: int) -> dict | None:
+        w = self.extend_kind_weights
+        return (w[k] if k < len(w) else w[-1]) if w else None
 
 
 def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, ckpt, plan: Cycles, batch: int,
@@ -53,10 +67,11 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
     gen = torch.Generator().manual_seed(seed + state["step"])
     step, seconds = state["step"], state["seconds"]
     first = state.get("first_total", state["total"])  # the first cycle's length; None until measured
-    extend = plan.extend_steps
+    extend = sum(plan.extend_steps)
     if extend:
-        log["extension"] = {"steps": extend, "peak_lr": plan.extend_lr, "kind_weights": plan.extend_kind_weights}
-    probs = kind_weights(scenes, plan.extend_kind_weights)
+        log["extension"] = {"cycles": [{"steps": n, "kind_weights": plan.weights_of(k)}
+                                       for k, n in enumerate(plan.extend_steps)], "peak_lr": plan.extend_lr}
+    probs = [kind_weights(scenes, plan.weights_of(k)) for k in range(len(plan.extend_steps))]
     losses: list[float] = []
     bar = tqdm(total=first + extend, initial=step, desc=desc, mininterval=10) if first else None
     while first is None or step < first + extend:
@@ -64,13 +79,17 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
         in_extension = first is not None and bool(extend) and step >= first
         if in_extension and "first_cycle_seconds" not in log:
             log["first_cycle_seconds"] = seconds  # the first cycle's own time, for the model card
-        if in_extension and probs is not None:
-            idx = rng.choice(len(scenes), size=batch, p=probs)
+        if in_extension:
+            k, start = plan.later_cycle(step - first)
+            lr = cosine_lr(step - first - start, plan.extend_steps[k], plan.extend_lr, warmup=100)
+        else:
+            k, lr = None, cosine_lr(step, first or 10**6, plan.peak_lr)
+        if k is not None and probs[k] is not None:
+            idx = rng.choice(len(scenes), size=batch, p=probs[k])
         else:
             idx = rng.integers(0, len(scenes), batch)
         for g in opt.param_groups:
-            g["lr"] = (cosine_lr(step - first, extend, plan.extend_lr, warmup=100) if in_extension
-                       else cosine_lr(step, first or 10**6, plan.peak_lr))
+            g["lr"] = lr
         loss = loss_fn(idx, rng, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
