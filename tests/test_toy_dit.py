@@ -57,21 +57,19 @@ def test_held_out_quality_meets_the_issue_bar(quality):
 
 def test_synonyms_homonym_and_group_words_show_at_their_rates(rates):
     """What toy-dit does learn of the planted phenomena, within ±10 points: the synonym (crimson), the group
-    word (cool), the homonym (bat, and its position-disambiguated forms), the nurse's bias and the unbiased subject
-    (doctor)."""
-    held = {"a nurse", "a doctor", "a cool nurse", "a bat", "a bat at the top", "a bat at the bottom",
+    word (cool), the homonym (bat, and its position-disambiguated forms), the nurse's and the pilot's
+    colour biases and the unbiased subject (doctor)."""
+    held = {"a nurse", "a pilot", "a doctor", "a cool nurse", "a bat", "a bat at the top", "a bat at the bottom",
             "a crimson circle", "a crimson red square"}
     off = [r for r in rates if r["prompt"] in held and abs(r["measured"] - r["planted"]) > 0.10]
     assert not off, off
     assert all(r["off_support"] <= 0.25 and r["n"] >= 150 for r in rates if r["prompt"] in held), rates
 
 
-# Measured on the shipped toy-dit (200 images each, guidance 1) after its second training cycle: the chef is drawn
-# big 67 % where 85 % is planted, the pilot blue 67 % (85 %, and 17 % of pilots off the world's colours); every other
-# planted rate is within ±10 points. The bar is kept as a strict expected failure: it fails the day a retrained
-# model meets it (then drop the mark).
-@pytest.mark.xfail(strict=True, reason="toy-dit under-learns two subject biases at guidance 1 (chef big 67 %, pilot "
-                                       "blue 67 %; 85 % planted)")
+# Measured on the shipped toy-dit (200 images each, guidance 1) after its third training cycle: the chef is drawn
+# big 68 % where 85 % is planted; every other planted rate is within ±10 points. The bar is kept as a strict expected
+# failure: it fails the day a retrained model meets it (then drop the mark).
+@pytest.mark.xfail(strict=True, reason="toy-dit under-learns the chef's size bias at guidance 1 (68 % big; 85 % planted)")
 def test_planted_phenomena_show_at_their_rates(rates):
     off = [r for r in rates if abs(r["measured"] - r["planted"]) > 0.10]
     assert not off, off
