@@ -134,15 +134,16 @@ def side_by_side(studies: dict[str, LocalisationResult], level: float = 0.95, n_
                  seed: int = 0):
     """One table comparing localisation studies of several models (same images and masks), pandas with
     rows = methods and columns = (model, score): mIoU at the calibrated threshold with its ``level`` bootstrap
-    interval over images (``"lo–hi"``), mIoU at the best threshold, the mean AUROC and its interval. A method a model does not offer
-    (ConceptAttention on a UNet) is empty for it. The "whole image" baseline is kept as the chance row."""
+    interval over images (``"lo–hi"``), mIoU at the best threshold, the mean AUROC and its interval. A method a
+    model does not offer (ConceptAttention on a UNet) is empty for it. The "whole image" baseline is kept as the chance row."""
     import pandas as pd
 
     if not studies:
         raise ArgumentError("side_by_side needs at least one study, e.g. {'toy': study_a, 'toy-dit': study_b}")
-    cols = {}
+    cols, order = {}, {}
     for name, study in studies.items():
         summ = study.summary()
+        order.update(dict.fromkeys(summ.index))
         for method in summ.index:
             mean, lo, hi = study.auroc_interval(method, level=level, n_boot=n_boot, seed=seed)
             cols.setdefault((name, "mIoU (calibrated threshold)"), {})[method] = summ.loc[method, "mIoU (calibrated threshold)"]
@@ -151,8 +152,7 @@ def side_by_side(studies: dict[str, LocalisationResult], level: float = 0.95, n_
             cols.setdefault((name, "mIoU (best threshold)"), {})[method] = summ.loc[method, "mIoU (best threshold)"]
             cols.setdefault((name, "AUROC"), {})[method] = mean
             cols.setdefault((name, f"AUROC {level:.0%} CI"), {})[method] = f"{lo:.2f}–{hi:.2f}"
-    order = list(dict.fromkeys(m for study in studies.values() for m in study.summary().index))
-    table = pd.DataFrame(cols).reindex(order)
+    table = pd.DataFrame(cols).reindex(list(order))
     table.columns = pd.MultiIndex.from_tuples(table.columns, names=["model", "score"])
     return table
 
