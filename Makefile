@@ -42,7 +42,8 @@ train-toy: setup
 # `python -m nbhelpers.toyworld.evaluate --model toy-dit`.
 train-toy-dit: setup
 	$(BIN)/python -m nbhelpers.toyworld.train --arch dit --out data/models/toy-dit --minutes 1000 --max-steps 9000 \
-	  --extend-steps 5000 --extend-kind-weights pair=1.5,subject=3 --extend-steps 3000 --extend-kind-weights subject=6
+	  --extend-steps 5000 --extend-kind-weights pair=1.5,subject=3 --extend-steps 3000 --extend-kind-weights subject=6 \
+	  --extend-steps 1500 --extend-kind-weights subject=3
 	$(BIN)/python -m nbhelpers.toyworld.evaluate --model toy-dit
 
 clean:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import world
+from .reweighting import training_captions
 from .tokenizer import build_tokenizer
 
 VAE_CONFIG = dict(
@@ -149,16 +150,6 @@ def encode_all(vae, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
-def kind_weights(scenes, weights: dict[str, float] | None) -> np.ndarray | None:
-    """Sampling probabilities over ``scenes`` that up-weight some scene kinds (``{"pair": 2.0}``).
-    Re-weighting whole kinds leaves every caption's image distribution unchanged (the kind is read off
-    the caption), so the denoiser's optimum is the same; it only spends more steps on the hard kinds."""
-    if not weights:
-        return None
-    w = np.array([weights.get(sc.kind, 1.0) for sc in scenes], dtype=float)
-    return w / w.sum()
-
-
 def loss_weights(sched) -> torch.Tensor:
     """Per-timestep weights of the loss on v, (1000,): the implied clean-image weight is min(1 + SNR, 6),
     capped at low noise (min-SNR-5 in v form) and never below 1 at high noise, where the layout is
@@ -168,12 +159,12 @@ def loss_weights(sched) -> torch.Tensor:
     return torch.clamp(snr + 1, max=6.0) / (snr + 1)
 
 
-def denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty: float = 0.1):
+def denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty: float = 0.1,
+                   extra=None):
     """The training loss on scenes ``idx``: captions redrawn with the word dropout (a share ``p_empty``
-    empty), half the timesteps uniform and half from the noisier 60 % (layout and position), v-prediction
-    weighted by ``weight[t]``. ``rng`` (numpy) draws captions, ``gen`` (torch) noise and timesteps."""
-    captions = ["" if p_empty and rng.random() < p_empty else scenes[i].caption(world.random_drop(rng, scenes[i]))
-                for i in idx]
+    empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``), half the
+    timesteps uniform and half from the noisier 60 % (layout and position), v-prediction weighted by ``weight[t]``. ``rng`` (numpy) draws captions, ``gen`` (torch) noise and timesteps."""
+    captions = training_captions(scenes, idx, extra, rng, p_empty)
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     x0 = latents[torch.from_numpy(np.asarray(idx))]
@@ -218,8 +209,9 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, plan, batch: 
     sched = DDPMScheduler(**SCHEDULE)
     weight = loss_weights(sched)
 
-    def loss_fn(idx, rng, gen):
-        return denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty=0.1)
+    def loss_fn(idx, extra, rng, gen):
+        return denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty=0.1,
+                              extra=extra)
 
     train_cycles("denoiser", {"unet": unet, "text": text}, loss_fn, scenes, ckpt, plan, batch, seed, log,
                  desc="UNet+text")
@@ -243,7 +235,13 @@ def _parse_weights(text: str) -> dict[str, float]:
         if kind not in world.KIND_RATES or not value:
             raise SystemExit(f"--extend-kind-weights: expected kind=weight with kind in {tuple(world.KIND_RATES)}, "
                              f"got {part!r}")
-        out[kind] = float(value)
+        try:
+            out[kind] = float(value)
+        except ValueError:
+            raise SystemExit(f"--extend-kind-weights: {part!r} is not kind=number") from None
+        if not out[kind] >= 1:
+            raise SystemExit(f"--extend-kind-weights: {part!r} is below 1; a later cycle can only draw a kind more "
+                             "often (give weights ≥ 1, e.g. 'subject=3')")
     return out
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import world
+from .reweighting import training_captions
 from .tokenizer import build_t5_tokenizer, build_tokenizer
 
 TEXT_LENGTH = 24  # tokens per encoder (CLIP-1, CLIP-2, T5): 48 text tokens in the joint sequence
@@ -81,12 +82,11 @@ def draw_sigmas(b: int, gen: torch.Generator) -> torch.Tensor:
     return torch.where(torch.rand(b, generator=gen) < 0.5, uniform, logit_normal).clamp(1e-4, 1 - 1e-4)
 
 
-def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1) -> torch.Tensor:
+def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1, extra=None) -> torch.Tensor:
     """Rectified-flow loss on scenes ``idx``: captions redrawn with the word dropout (a share ``p_empty``
-    empty) and encoded by the pipeline's own ``encode_prompt`` (so training and sampling condition alike),
+    empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``) and encoded by the pipeline's own ``encode_prompt`` (so training and sampling condition alike),
     x_σ = (1 − σ)·x0 + σ·ε, target velocity ε − x0, plain mean squared error."""
-    captions = ["" if p_empty and rng.random() < p_empty else scenes[i].caption(world.random_drop(rng, scenes[i]))
-                for i in idx]
+    captions = training_captions(scenes, idx, extra, rng, p_empty)
     embeds, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None, device="cpu",
                                               do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
     x0 = latents[torch.from_numpy(np.asarray(idx))]
@@ -110,8 +110,8 @@ def train(scenes, latents, vae, ckpt, plan, batch: int, seed: int, log: dict):
 
     pipe = build_pipeline(vae, seed)
 
-    def loss_fn(idx, rng, gen):
-        return flow_loss(pipe, latents, scenes, idx, rng, gen)
+    def loss_fn(idx, extra, rng, gen):
+        return flow_loss(pipe, latents, scenes, idx, rng, gen, extra=extra)
 
     train_cycles("dit", _trainable(pipe), loss_fn, scenes, ckpt, plan, batch, seed, log, desc="DiT+text")
     return pipe

@@ -1,8 +1,9 @@
 """The training loop both world models share: AdamW, one or two cosine cycles, an EMA of the weights,
 a step budget fixed from the measured speed, resumable checkpoints and a progress bar.
 
-The architecture-specific part is ``loss_fn(idx, rng, gen) -> loss`` on a batch of scene indices
-(``rng`` a numpy generator for captions, ``gen`` a torch generator for noise and timesteps).
+The architecture-specific part is ``loss_fn(idx, extra, rng, gen) -> loss`` on a batch of scene indices
+(``extra``: rows drawn as a re-weighted kind's extra draws, whose captions keep their nouns — see ``reweighting``;
+``rng`` a numpy generator for captions, ``gen`` a torch generator for noise and timesteps).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .train import EMAState, cosine_lr, kind_weights
+from .reweighting import KindSampler
+from .train import EMAState, cosine_lr
 
 
 @dataclass(frozen=True)
@@ -21,8 +23,9 @@ class Cycles:
     """The step plan. The first cycle lasts ``minutes`` of measured training speed (fixed after 20 steps),
     at most ``max_steps``; its cosine peak is ``peak_lr``. Each entry of ``extend_steps`` adds one more cosine
     cycle of that many steps (``extend_lr`` peak, 100 warm-up steps) after the first, with scene kinds
-    re-weighted by the matching entry of ``extend_kind_weights`` (``{"subject": 3.0}``; the last entry serves
-    the cycles after it): planned from the start, or added to a finished run (it resumes from the checkpoint).
+    re-weighted by the matching entry of ``extend_kind_weights`` (``{"subject": 3.0}``, each ≥ 1: extra draws of
+    that kind whose captions keep their nouns, so no caption's pictures change — ``reweighting``; the last entry
+    serves the cycles after it): planned from the start, or added to a finished run (it resumes from the checkpoint).
     The first cycle's length is kept in the checkpoint."""
 
     minutes: float
@@ -69,9 +72,14 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
     first = state.get("first_total", state["total"])  # the first cycle's length; None until measured
     extend = sum(plan.extend_steps)
     if extend:
-        log["extension"] = {"cycles": [{"steps": n, "kind_weights": plan.weights_of(k)}
+        cycles = log.get("extension", {}).get("cycles", [])
+        log["extension"] = {"cycles": [{"steps": n, "kind_weights": plan.weights_of(k),
+                                        # cycles logged before the extra-draw scheme keep their record
+                                        "reweighting": (cycles[k].get("reweighting", "whole kinds, empty captions included")
+                                                        if k < len(cycles) else "extra draws keeping their nouns")}
                                        for k, n in enumerate(plan.extend_steps)], "peak_lr": plan.extend_lr}
-    probs = [kind_weights(scenes, plan.weights_of(k)) for k in range(len(plan.extend_steps))]
+    samplers = [KindSampler(scenes, plan.weights_of(k)) for k in range(len(plan.extend_steps))]
+    world_rates = KindSampler(scenes)
     losses: list[float] = []
     bar = tqdm(total=first + extend, initial=step, desc=desc, mininterval=10) if first else None
     while first is None or step < first + extend:
@@ -84,13 +92,10 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
             lr = cosine_lr(step - first - start, plan.extend_steps[k], plan.extend_lr, warmup=100)
         else:
             k, lr = None, cosine_lr(step, first or 10**6, plan.peak_lr)
-        if k is not None and probs[k] is not None:
-            idx = rng.choice(len(scenes), size=batch, p=probs[k])
-        else:
-            idx = rng.integers(0, len(scenes), batch)
+        idx, extra = (samplers[k] if k is not None else world_rates).draw(rng, batch)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = loss_fn(idx, rng, gen)
+        loss = loss_fn(idx, extra, rng, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
