@@ -84,8 +84,9 @@ def draw_sigmas(b: int, gen: torch.Generator) -> torch.Tensor:
 
 def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1, extra=None) -> torch.Tensor:
     """Rectified-flow loss on scenes ``idx``: captions redrawn with the word dropout (a share ``p_empty``
-    empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``) and encoded by the pipeline's own ``encode_prompt`` (so training and sampling condition alike),
-    x_σ = (1 − σ)·x0 + σ·ε, target velocity ε − x0, plain mean squared error."""
+    empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``) and encoded by
+    the pipeline's own ``encode_prompt`` (so training and sampling condition alike), x_σ = (1 − σ)·x0 + σ·ε,
+    target velocity ε − x0, plain mean squared error."""
     captions = training_captions(scenes, idx, extra, rng, p_empty)
     embeds, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None, device="cpu",
                                               do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
