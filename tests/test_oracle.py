@@ -215,6 +215,30 @@ def test_exact_information_values(oracle, red_circle):
     assert ex(j, "a big red circle on the left", "a big red circle on the left") == 0.0
 
 
+def test_a_jittered_pictures_composition_has_its_exact_information(oracle, toy_model):
+    """``composition_picture`` finds a support picture of any scene's composition, wherever its jitter put it; no
+    caption mentions the jitter, so every picture of one composition has the same exact information."""
+    ln = math.log
+    lone = [world.sample_scenes(1, seed=s, kind="single")[0] for s in range(3)]
+    for sc in lone:
+        j = oracle.composition_picture(sc)
+        on_grid = oracle.scenes[j]
+        assert (on_grid.objects[0].colour, on_grid.objects[0].shape, on_grid.objects[0].position) == (
+            sc.objects[0].colour, sc.objects[0].shape, sc.objects[0].position)
+        cap = world.with_plain_red(sc).caption()
+        other = oracle.index_of(world.lone_scene(sc.objects[0].colour, sc.objects[0].shape, sc.objects[0].size,
+                                                 sc.objects[0].position))  # the unjittered picture
+        weak = toy_model.remove_word(cap, sc.objects[0].size)
+        assert oracle.exact_information(j, cap, weak) == pytest.approx(oracle.exact_information(other, cap, weak))
+        assert oracle.exact_information(j, cap, weak) == pytest.approx(ln(2))
+    pair = world.with_plain_red(world.sample_scenes(1, seed=11, split="heldout", kind="pair")[0])
+    cap = pair.caption()
+    j = oracle.composition_picture(pair)
+    assert oracle.exact_information(j, cap, toy_model.remove_word(cap, pair.objects[0].colour)) == pytest.approx(ln(5))
+    with pytest.raises(ValueError, match="split='all'"):
+        orc.WorldDenoiser(toy_model, split="train", progress=False).composition_picture(pair)
+
+
 @pytest.fixture(scope="module")
 def singles(toy_model):
     """A small world for the estimator checks: single objects only, no jitter (150 pictures, uniform

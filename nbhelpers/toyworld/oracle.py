@@ -406,6 +406,21 @@ class WorldDenoiser:
                              "and pairs at one position; take a scene from oracle.scenes")
         return self._keys[key]
 
+    def composition_picture(self, scene: world.Scene) -> int:
+        """The support index of a picture of ``scene``'s composition (kind, relation, and each object's colour,
+        shape, size, noun and position), wherever the jitter put the scene's own picture: no caption mentions the
+        jitter, so the exact information of any caption is the same for every picture of one composition."""
+        def key(sc):
+            return sc.kind, sc.relation, tuple((o.colour, o.shape, o.size, o.noun, o.position) for o in sc.objects)
+
+        if not hasattr(self, "_composition_keys"):
+            self._composition_keys = {key(c.scene): ci for ci, c in enumerate(self.compositions)}
+        ci = self._composition_keys.get(key(scene))
+        if ci is None:
+            raise ValueError(f"the oracle ({self.split!r} split) has no composition of {scene.caption()!r}; "
+                             "build it with split='all' for held-out compositions")
+        return int(self._row_img[np.flatnonzero(self._row_comp == ci)[0]])
+
     # -- the prompt interface of DiffusionModel -----------------------------------------------------------
     @property
     def device(self) -> torch.device:
