@@ -232,7 +232,8 @@ def unconditional_lines(mix: dict) -> str:
             + "".join(f"| {label} | {w[k]:.0%} | {mix[k]:.0%} ({mix[k + '_ci95'][0]:.0%}–{mix[k + '_ci95'][1]:.0%}) |\n"
                       for k, label in (("pairs", "two-object pictures"),
                                        ("red_or_blue_of_lone", "red or blue, of one-object pictures")))
-            + "\nThe world's exact denoiser, sampled with 25 deterministic steps and read by the same checker, draws 33 % and 53 %.\n")
+            + "\nThe world's exact denoiser, sampled with 25 deterministic steps and read by the same checker, "
+              "draws 33 % and 53 %.\n")
 
 
 def write_card(path, model, quality: QualityReport, rates: list[dict], n_rate: int, mix: dict | None = None):
