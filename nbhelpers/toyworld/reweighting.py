@@ -40,8 +40,8 @@ class KindSampler:
             raise ValueError(f"kind weights {low} are below 1: extra draws can only add steps to a kind; give every "
                              "weight ≥ 1 (weight the other kinds up instead)")
         kinds = np.array([sc.kind for sc in scenes])
-        self.members = {k: np.flatnonzero(kinds == k) for k, w in self.weights.items() if w > 1}
-        self.members = {k: m for k, m in self.members.items() if len(m)}
+        members = {k: np.flatnonzero(kinds == k) for k, w in self.weights.items() if w > 1}
+        self.members = {k: m for k, m in members.items() if len(m)}  # kinds drawn extra, with their scenes
         share = {k: len(m) / self.n for k, m in self.members.items()}
         extra = np.array([(self.weights[k] - 1) * share[k] for k in self.members])
         self.parts = np.concatenate([[1.0], extra]) / (1.0 + extra.sum())  # world draw, then each kind's extra
