@@ -329,3 +329,34 @@ def test_model_beside_world_table(oracle, toy_model):
                                  "i(x; circle | rest)"]
     assert table.loc["i(x; red | rest)", "world, exact"] == pytest.approx(math.log(5))
     assert np.isfinite(table.to_numpy()).all()
+
+
+@pytest.mark.parametrize("prompt, attribute, value, world_rate, train_rate", [
+    ("a chef", "size", "big", 0.85, 0.85),
+    ("a nurse", "colour", "red", 0.85, 0.876),
+    ("a pilot", "colour", "blue", 0.85, 0.815),
+    ("a bat", "shape", "triangle", 0.5, 0.471),
+    ("a red circle", "size", "big", 0.5, 0.375),
+    ("a chef on the right", "size", "big", 0.85, 0.739),
+    ("a pilot in the middle", "size", "big", 0.5, 1.0),
+])
+def test_the_training_split_shifts_open_captions_where_held_out_compositions_fall(prompt, attribute, value,
+                                                                                   world_rate, train_rate):
+    """The world card's table: the world's rates, and the training split's (held-out compositions removed), computed
+    from the compositions and the caption process; the bare planted captions stay within 3.5 points."""
+    assert orc.attribute_rate(prompt, attribute, value) == pytest.approx(world_rate, abs=1e-9)
+    assert orc.attribute_rate(prompt, attribute, value, "train") == pytest.approx(train_rate, abs=5e-4)
+    # the same rate from sampled training scenes, for the bare captions (whose caption probability is constant)
+    if prompt in ("a chef", "a red circle"):
+        scenes = world.sample_scenes(40000, seed=3, split="train")
+        noun, colour = ("chef", None) if prompt == "a chef" else ("circle", "red")
+        sel = [s for s in scenes if s.kind in ("single", "subject") and s.objects[0].noun == noun
+               and (colour is None or (s.objects[0].colour == colour and s.kind == "single"))]
+        assert np.mean([s.objects[0].size == "big" for s in sel]) == pytest.approx(train_rate, abs=0.05)
+
+
+def test_attribute_rate_refuses_what_it_cannot_answer():
+    with pytest.raises(ValueError, match="choose size"):
+        orc.attribute_rate("a chef", "mood", "happy")
+    with pytest.raises(PromptError, match="ever captioned"):
+        orc.attribute_rate("a chef on the", "size", "big")

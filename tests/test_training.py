@@ -2,6 +2,7 @@
 ``from_pretrained``, resume from their checkpoints and run a second (re-weighted) cycle — planned from the start
 or added to a finished run."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -31,7 +32,8 @@ def test_training_resumes_and_extends(tmp_path, arch):
     assert state["step"] == state["total"] == 3
     log = _run(out, *args, "--max-steps", "3", "--extend-steps", "2", "--extend-kind-weights", "subject=3")
     assert log["denoiser_steps"] == 5 and log["extension"]["cycles"] == [
-        {"steps": 2, "kind_weights": {"subject": 3.0}, "reweighting": "extra draws keeping their nouns"}]
+        {"steps": 2, "kind_weights": {"subject": 3.0}, "reweighting": "extra draws keeping their nouns",
+         "high_noise_share": 0.0}]
     assert json.loads((tmp_path / f"{arch}.ckpt" / f"{name}.json").read_text())["first_total"] == 3
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe).__name__ == ("StableDiffusion3Pipeline" if arch == "dit" else "StableDiffusionPipeline")
@@ -123,3 +125,81 @@ def test_bad_kind_weights_name_the_kinds(tmp_path):
         _run(tmp_path / "x", "--extend-kind-weights", "people=3")
     with pytest.raises(SystemExit, match="below 1"):
         _run(tmp_path / "x", "--extend-kind-weights", "pair=0.5")
+
+
+def test_a_high_noise_share_draws_that_share_below_the_threshold():
+    """The later cycles' ``high_noise`` share: that share of σ (rectified flow) and of t (DDPM) lies where log-SNR is
+    below ``HIGH_NOISE_LOGSNR``, on top of what the base draw puts there; with share 0 the generators are consumed
+    exactly as before the option existed (the shipped cycles' streams are unchanged)."""
+    from diffusers import DDPMScheduler
+
+    from nbhelpers.toyworld.train_dit import draw_sigmas
+    from nbhelpers.toyworld.training_loop import HIGH_NOISE_LOGSNR
+
+    def logsnr_flow(s):
+        return 2 * torch.log((1 - s) / s)
+
+    g = torch.Generator().manual_seed(3)  # the draw before the option existed, in its order
+    u, ln, pick = torch.rand(64, generator=g), torch.sigmoid(0.5 + torch.randn(64, generator=g)), torch.rand(64, generator=g)
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(draw_sigmas(64, g), torch.where(pick < 0.5, u, ln).clamp(1e-4, 1 - 1e-4))
+    base = float((logsnr_flow(draw_sigmas(100000, torch.Generator().manual_seed(0))) < HIGH_NOISE_LOGSNR).float().mean())
+    high = float((logsnr_flow(draw_sigmas(100000, torch.Generator().manual_seed(0), 0.3)) < HIGH_NOISE_LOGSNR)
+                 .float().mean())
+    assert 0.08 < base < 0.2 and high == pytest.approx(0.3 + 0.7 * base, abs=0.01)
+    assert (logsnr_flow(draw_sigmas(1000, torch.Generator().manual_seed(1), 1.0)) < HIGH_NOISE_LOGSNR).all()
+
+    sched = DDPMScheduler(**train.SCHEDULE)
+    logsnr = torch.log(sched.alphas_cumprod / (1 - sched.alphas_cumprod))
+    g = torch.Generator().manual_seed(4)
+    ref = torch.where(torch.rand(64, generator=g) < 0.5, torch.randint(0, 1000, (64,), generator=g),
+                      torch.randint(400, 1000, (64,), generator=g))
+    assert torch.equal(train.draw_timesteps(64, torch.Generator().manual_seed(4), sched), ref)
+    t = train.draw_timesteps(1000, torch.Generator().manual_seed(5), sched, 1.0)
+    assert (logsnr[t] < HIGH_NOISE_LOGSNR).all() and t.min() < 840 and t.max() > 990
+    t0 = train.draw_timesteps(100000, torch.Generator().manual_seed(6), sched)
+    t3 = train.draw_timesteps(100000, torch.Generator().manual_seed(6), sched, 0.3)
+    b, h = (float((logsnr[t] < HIGH_NOISE_LOGSNR).float().mean()) for t in (t0, t3))
+    assert h == pytest.approx(0.3 + 0.7 * b, abs=0.01)
+
+
+def test_high_noise_shares_are_per_cycle_and_checked(tmp_path):
+    from nbhelpers.toyworld.training_loop import Cycles
+
+    plan = Cycles(minutes=1, extend_steps=(5, 3, 2), extend_high_noise=(0.0, 0.3))
+    assert [plan.high_noise_of(k) for k in range(3)] == [0.0, 0.3, 0.3]
+    assert Cycles(minutes=1, extend_steps=(5,)).high_noise_of(0) == 0.0
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        Cycles(minutes=1, extend_steps=(5,), extend_high_noise=(1.5,))
+    with pytest.raises(SystemExit, match="--extend-high-noise: 1.5"):
+        _run(tmp_path / "x", "--extend-steps", "2", "--extend-high-noise", "1.5")
+
+
+def test_a_finished_run_continues_from_its_saved_pipeline(tmp_path):
+    """Checkpoints are not kept in the repository: a shipped toy-dit gains a cycle from its saved pipeline. Its weights
+    start the new cycle, its log places the run (steps, first cycle) and the new cycle's record is appended."""
+    from diffusers import SD3Transformer2DModel
+
+    args = ["--arch", "dit", "--vae-from", str(TOY_MODEL_DIR), "--max-steps", "2", "--extend-steps", "2"]
+    first = tmp_path / "first"
+    _run(first, *args)
+    shutil.rmtree(tmp_path / "first.ckpt")  # the checkpoint is gone; the saved pipeline is all there is
+    with pytest.raises(SystemExit, match="add at least one new cycle"):
+        _run(tmp_path / "again", *args, "--from-pipeline", str(first))
+    with pytest.raises(SystemExit, match="no training_log.json"):
+        _run(tmp_path / "again", *args, "--extend-steps", "1", "--from-pipeline", str(tmp_path))
+    with pytest.raises(SystemExit, match="--arch dit"):
+        _run(tmp_path / "again", "--arch", "unet", "--from-pipeline", str(first))
+
+    # zero learning rate: the continued weights must be the saved ones (EMA of unchanged weights)
+    log = _run(tmp_path / "more", *args, "--extend-steps", "2", "--extend-high-noise", "0", "--extend-high-noise",
+               "0.5", "--extend-lr", "0", "--from-pipeline", str(first))
+    assert log["denoiser_steps"] == 6
+    assert [c["high_noise_share"] for c in log["extension"]["cycles"]] == [0.0, 0.5]
+    state = json.loads((tmp_path / "more.ckpt" / "dit.json").read_text())
+    assert state["step"] == state["total"] == 6 and state["first_total"] == 2
+    assert log["continued_from_pipeline"] == [{"step": 4, "folder": str(first)}]
+    saved = SD3Transformer2DModel.from_pretrained(first / "transformer").state_dict()
+    cont = SD3Transformer2DModel.from_pretrained(tmp_path / "more" / "transformer").state_dict()
+    assert all(torch.allclose(saved[k], cont[k]) for k in saved)
+    assert not (tmp_path / "again").exists() and not (tmp_path / "again.ckpt").exists()  # refused before any work

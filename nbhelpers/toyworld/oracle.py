@@ -269,6 +269,21 @@ class _CaptionModel:
         return (1 - P_EMPTY) * total
 
 
+def attribute_rate(prompt: str, attribute: str, value: str, split: str = "all", obj: int = 0) -> float:
+    """The exact share of the pictures of ``prompt`` whose object ``obj`` has ``attribute`` ("size", "colour",
+    "shape", "position", "noun") equal to ``value``, under the training's caption process over ``split``'s
+    compositions ("all": the world; "train": what both world models were trained on, held-out compositions
+    removed). E.g. ``attribute_rate("a red circle", "size", "big", "train")`` is 0.375 (the world's: 0.5)."""
+    comps = compositions(split)
+    if attribute not in ("size", "colour", "shape", "position", "noun"):
+        raise ValueError(f"attribute {attribute!r}: choose size, colour, shape, position or noun")
+    w = np.array([c.prior for c in comps]) * _CaptionModel(comps).likelihood(prompt)
+    if not w.sum() > 0:
+        raise PromptError(f"no scene of the toy world ({split} split) is ever captioned {prompt!r}; see data/WORLD_CARD.md")
+    hit = np.array([len(c.scene.objects) > obj and getattr(c.scene.objects[obj], attribute) == value for c in comps])
+    return float(w[hit].sum() / w.sum())
+
+
 # --- the oracle ---------------------------------------------------------------------------------
 def _weights_hash(module: torch.nn.Module) -> str:
     h = hashlib.sha256()

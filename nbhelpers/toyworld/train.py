@@ -159,19 +159,35 @@ def loss_weights(sched) -> torch.Tensor:
     return torch.clamp(snr + 1, max=6.0) / (snr + 1)
 
 
+def draw_timesteps(b: int, gen: torch.Generator, sched, high_noise: float = 0.0) -> torch.Tensor:
+    """Training timesteps (b,): half uniform on 0..999, half from the noisier 60 % (t ≥ 400: layout and position);
+    then a share ``high_noise`` redrawn uniformly among the timesteps of ``sched`` whose log-SNR is below
+    ``training_loop.HIGH_NOISE_LOGSNR`` (t ≥ 826 for the world's schedule). With ``high_noise=0`` the generator is
+    consumed exactly as before the option existed."""
+    t = torch.where(torch.rand(b, generator=gen) < 0.5, torch.randint(0, 1000, (b,), generator=gen),
+                    torch.randint(400, 1000, (b,), generator=gen))
+    if high_noise:
+        from .training_loop import HIGH_NOISE_LOGSNR
+
+        logsnr = torch.log(sched.alphas_cumprod / (1 - sched.alphas_cumprod))
+        first = int((logsnr >= HIGH_NOISE_LOGSNR).sum())  # log-SNR falls with t
+        high = torch.randint(first, len(logsnr), (b,), generator=gen)
+        t = torch.where(torch.rand(b, generator=gen) < high_noise, high, t)
+    return t
+
+
 def denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty: float = 0.1,
-                   extra=None):
+                   extra=None, high_noise: float = 0.0):
     """The training loss on scenes ``idx``: captions redrawn with the word dropout (a share ``p_empty``
-    empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``), half the
-    timesteps uniform and half from the noisier 60 % (layout and position), v-prediction weighted by ``weight[t]``. ``rng`` (numpy) draws captions, ``gen`` (torch) noise and timesteps."""
+    empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``), timesteps from
+    :func:`draw_timesteps` (with its ``high_noise`` share), v-prediction weighted by ``weight[t]``. ``rng`` (numpy) draws
+    captions, ``gen`` (torch) noise and timesteps."""
     captions = training_captions(scenes, idx, extra, rng, p_empty)
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     x0 = latents[torch.from_numpy(np.asarray(idx))]
     noise = torch.randn(x0.shape, generator=gen)
-    b = len(idx)
-    t = torch.where(torch.rand(b, generator=gen) < 0.5, torch.randint(0, 1000, (b,), generator=gen),
-                    torch.randint(400, 1000, (b,), generator=gen))
+    t = draw_timesteps(len(idx), gen, sched, high_noise)
     pred = unet(sched.add_noise(x0, noise, t), t, text(ids).last_hidden_state).sample
     target = sched.get_velocity(x0, noise, t)
     return (weight[t] * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -209,9 +225,9 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, plan, batch: 
     sched = DDPMScheduler(**SCHEDULE)
     weight = loss_weights(sched)
 
-    def loss_fn(idx, extra, rng, gen):
+    def loss_fn(idx, extra, rng, gen, high_noise):
         return denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty=0.1,
-                              extra=extra)
+                              extra=extra, high_noise=high_noise)
 
     train_cycles("denoiser", {"unet": unet, "text": text}, loss_fn, scenes, ckpt, plan, batch, seed, log,
                  desc="UNet+text")
@@ -249,9 +265,13 @@ def cycles_from_args(a):
     """The ``training_loop.Cycles`` the command line asks for."""
     from .training_loop import Cycles
 
+    bad = [h for h in (a.extend_high_noise or ()) if not 0.0 <= h <= 1.0]
+    if bad:
+        raise SystemExit(f"--extend-high-noise: {bad[0]} is not a share of a batch; give a number in [0, 1], e.g. 0.3")
     return Cycles(minutes=a.minutes, max_steps=a.max_steps, peak_lr=a.lr, extend_steps=tuple(a.extend_steps or ()),
                   extend_lr=a.extend_lr,
-                  extend_kind_weights=tuple(_parse_weights(w) for w in (a.extend_kind_weights or ["pair=2,subject=2"])))
+                  extend_kind_weights=tuple(_parse_weights(w) for w in (a.extend_kind_weights or ["pair=2,subject=2"])),
+                  extend_high_noise=tuple(a.extend_high_noise or ()))
 
 
 def main(argv=None):
@@ -273,12 +293,33 @@ def main(argv=None):
     ap.add_argument("--extend-kind-weights", action="append",
                     help="scene-kind sampling weights of a later cycle, e.g. 'pair=2,subject=2' (the default; repeat "
                          "once per --extend-steps, the last one serves the cycles after it)")
+    ap.add_argument("--extend-high-noise", type=float, action="append",
+                    help="share of each batch of a later cycle drawn at log-SNR below training_loop.HIGH_NOISE_LOGSNR "
+                         "(-3.5), where an open layout is decided (repeat once per --extend-steps, the last serves "
+                         "the cycles after it; default 0)")
+    ap.add_argument("--from-pipeline", default=None,
+                    help="dit: continue the finished run saved in this folder (its weights and training_log.json) when "
+                         "no checkpoint is left in <out>.ckpt (checkpoints are not kept in the repository); give the "
+                         "run's --extend-steps and new ones")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args(argv)
     a.out = a.out or ("data/models/toy-dit" if a.arch == "dit" else "data/models/toy")
-    cycles_from_args(a)  # a typo in the kind weights fails here, not after the data are made
+    plan = cycles_from_args(a)  # a typo in the kind weights fails here, not after the data are made
+    if a.from_pipeline:
+        if a.arch != "dit":
+            raise SystemExit("--from-pipeline continues a toy-dit run (--arch dit); the UNet world is fine-tuned from its "
+                             "saved pipeline by python -m nbhelpers.toyworld.calibrate")
+        if not (Path(a.from_pipeline) / "training_log.json").exists():
+            raise SystemExit(f"--from-pipeline {a.from_pipeline}: no training_log.json there; give a folder that "
+                             "python -m nbhelpers.toyworld.train --arch dit saved")
+        from .training_loop import continuation_point
+
+        try:
+            continuation_point(plan, json.loads((Path(a.from_pipeline) / "training_log.json").read_text()))
+        except ValueError as e:
+            raise SystemExit(f"--from-pipeline {a.from_pipeline}: {e}") from None
     if a.arch == "dit":
         from . import train_dit
 

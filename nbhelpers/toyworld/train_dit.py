@@ -75,16 +75,27 @@ def load_world_vae(folder: Path):
     return vae.eval().requires_grad_(False)
 
 
-def draw_sigmas(b: int, gen: torch.Generator) -> torch.Tensor:
-    """Noise levels σ in (0, 1), (b,): half uniform, half sigmoid(N(0.5, 1)) (median σ ≈ 0.62)."""
+def draw_sigmas(b: int, gen: torch.Generator, high_noise: float = 0.0) -> torch.Tensor:
+    """Noise levels σ in (0, 1), (b,): half uniform, half sigmoid(N(0.5, 1)) (median σ ≈ 0.62); then a share
+    ``high_noise`` of them redrawn uniformly above the σ of ``training_loop.HIGH_NOISE_LOGSNR`` (≈ 0.852). With
+    ``high_noise=0`` the generator is consumed exactly as before the option existed."""
+    from .training_loop import HIGH_NOISE_LOGSNR
+
     uniform = torch.rand(b, generator=gen)
     logit_normal = torch.sigmoid(0.5 + torch.randn(b, generator=gen))
-    return torch.where(torch.rand(b, generator=gen) < 0.5, uniform, logit_normal).clamp(1e-4, 1 - 1e-4)
+    sigma = torch.where(torch.rand(b, generator=gen) < 0.5, uniform, logit_normal)
+    if high_noise:
+        lo = 1 / (1 + np.exp(HIGH_NOISE_LOGSNR / 2))
+        high = lo + (1 - lo) * torch.rand(b, generator=gen)
+        sigma = torch.where(torch.rand(b, generator=gen) < high_noise, high, sigma)
+    return sigma.clamp(1e-4, 1 - 1e-4)
 
 
-def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1, extra=None) -> torch.Tensor:
+def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1, extra=None,
+              high_noise: float = 0.0) -> torch.Tensor:
     """Rectified-flow loss on scenes ``idx``: captions redrawn with the word dropout (a share ``p_empty``
-    empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``) and encoded by
+    empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``; σ from
+    :func:`draw_sigmas` with its ``high_noise`` share) and encoded by
     the pipeline's own ``encode_prompt`` (so training and sampling condition alike), x_σ = (1 − σ)·x0 + σ·ε,
     target velocity ε − x0, plain mean squared error."""
     captions = training_captions(scenes, idx, extra, rng, p_empty)
@@ -92,7 +103,7 @@ def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1, extra=
                                               do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
     x0 = latents[torch.from_numpy(np.asarray(idx))]
     noise = torch.randn(x0.shape, generator=gen)
-    sigma = draw_sigmas(len(idx), gen)
+    sigma = draw_sigmas(len(idx), gen, high_noise)
     s = sigma.view(-1, 1, 1, 1)
     pred = pipe.transformer(hidden_states=(1 - s) * x0 + s * noise, timestep=sigma * 1000,
                             encoder_hidden_states=embeds, pooled_projections=pooled).sample
@@ -104,15 +115,34 @@ def _trainable(pipe) -> dict:
             "t5": pipe.text_encoder_3}
 
 
-def train(scenes, latents, vae, ckpt, plan, batch: int, seed: int, log: dict):
+def load_trained_weights(pipe, folder: Path) -> None:
+    """Copy a saved toy-dit pipeline's transformer and text-encoder weights (``folder``) into ``pipe``."""
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    saved = {"transformer": SD3Transformer2DModel.from_pretrained(folder / "transformer"),
+             "clip": CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder"),
+             "clip2": CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"),
+             "t5": T5EncoderModel.from_pretrained(folder / "text_encoder_3")}
+    for key, net in _trainable(pipe).items():
+        net.load_state_dict(saved[key].state_dict())
+
+
+def train(scenes, latents, vae, ckpt, plan, batch: int, seed: int, log: dict, from_pipeline: Path | None = None):
     """Train the toy-dit pipeline's denoiser and text encoders under ``plan`` (a ``training_loop.Cycles``);
-    returns the pipeline with EMA weights."""
-    from .training_loop import train_cycles
+    returns the pipeline with EMA weights. ``from_pipeline``: a saved toy-dit whose run this continues when
+    ``ckpt`` holds no checkpoint (``training_loop.seed_checkpoint``; ``log`` is then that run's log)."""
+    from .training_loop import seed_checkpoint, train_cycles
 
     pipe = build_pipeline(vae, seed)
+    if from_pipeline is not None and not (ckpt.folder / "dit.json").exists():
+        load_trained_weights(pipe, from_pipeline)
+        step = seed_checkpoint("dit", _trainable(pipe), ckpt, plan, log)
+        # the record of where the optimizer started afresh from saved weights
+        log.setdefault("continued_from_pipeline", []).append({"step": step, "folder": str(from_pipeline)})
 
-    def loss_fn(idx, extra, rng, gen):
-        return flow_loss(pipe, latents, scenes, idx, rng, gen, extra=extra)
+    def loss_fn(idx, extra, rng, gen, high_noise):
+        return flow_loss(pipe, latents, scenes, idx, rng, gen, extra=extra, high_noise=high_noise)
 
     train_cycles("dit", _trainable(pipe), loss_fn, scenes, ckpt, plan, batch, seed, log, desc="DiT+text")
     return pipe
@@ -128,7 +158,13 @@ def main(a) -> None:
     out = Path(a.out)
     ckpt = Checkpointer(Path(str(out) + ".ckpt"))
     log_path = ckpt.folder / "log.json"
-    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    from_pipeline = Path(a.from_pipeline) if a.from_pipeline else None
+    if log_path.exists():
+        log = json.loads(log_path.read_text())
+    elif from_pipeline is not None:  # continuing a finished run from its saved pipeline: its log continues
+        log = json.loads((from_pipeline / "training_log.json").read_text())
+    else:
+        log = {}
     t0 = time.time()
     vae = load_world_vae(Path(a.vae_from))
     cache = ckpt.folder / "latents.safetensors"  # encoded once, reused when resuming
@@ -143,7 +179,7 @@ def main(a) -> None:
     log.update(scaling_factor=vae.config.scaling_factor, vae_from=str(a.vae_from),
                latent_std=float(scaled.std()), latent_mean=float(scaled.mean()))
     log_path.write_text(json.dumps(log, indent=1))
-    pipe = train(scenes, scaled, vae, ckpt, cycles_from_args(a), a.batch, a.seed + 1, log)
+    pipe = train(scenes, scaled, vae, ckpt, cycles_from_args(a), a.batch, a.seed + 1, log, from_pipeline)
     pipe.save_pretrained(out, safe_serialization=True)
     log.update(arch="dit", n_images=a.n_images, batch=a.batch, threads=a.threads, lr=a.lr,
                wall_seconds_this_run=time.time() - t0,

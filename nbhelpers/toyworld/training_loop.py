@@ -1,9 +1,11 @@
 """The training loop both world models share: AdamW, one or two cosine cycles, an EMA of the weights,
 a step budget fixed from the measured speed, resumable checkpoints and a progress bar.
 
-The architecture-specific part is ``loss_fn(idx, extra, rng, gen) -> loss`` on a batch of scene indices
+The architecture-specific part is ``loss_fn(idx, extra, rng, gen, high_noise) -> loss`` on a batch of scene indices
 (``extra``: rows drawn as a re-weighted kind's extra draws, whose captions keep their nouns — see ``reweighting``;
-``rng`` a numpy generator for captions, ``gen`` a torch generator for noise and timesteps).
+``rng`` a numpy generator for captions, ``gen`` a torch generator for noise and timesteps; ``high_noise``: the
+share of the batch whose noise level is drawn uniformly from the levels below ``HIGH_NOISE_LOGSNR``, 0 outside the
+later cycles that ask for it).
 """
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ from tqdm.auto import tqdm
 from .reweighting import KindSampler
 from .train import EMAState, cosine_lr
 
+# Log-SNR below which the layout of a picture whose caption leaves it open (size, position) is still undecided:
+# the noise levels where both world models draw the conditional mean shrunk toward the unconditional one (toy-dit's
+# model card). Rectified flow: σ > 1 / (1 + exp(HIGH_NOISE_LOGSNR / 2)) ≈ 0.852.
+HIGH_NOISE_LOGSNR = -3.5
+
 
 @dataclass(frozen=True)
 class Cycles:
@@ -25,8 +32,9 @@ class Cycles:
     cycle of that many steps (``extend_lr`` peak, 100 warm-up steps) after the first, with scene kinds
     re-weighted by the matching entry of ``extend_kind_weights`` (``{"subject": 3.0}``, each ≥ 1: extra draws of
     that kind whose captions keep their nouns, so no caption's pictures change — ``reweighting``; the last entry
-    serves the cycles after it): planned from the start, or added to a finished run (it resumes from the checkpoint).
-    The first cycle's length is kept in the checkpoint."""
+    serves the cycles after it) and a share ``extend_high_noise`` of each batch (matching entry, the last serves the
+    cycles after it; none: 0) drawn at log-SNR below ``HIGH_NOISE_LOGSNR``: planned from the start, or added to a
+    finished run (it resumes from the checkpoint). The first cycle's length is kept in the checkpoint."""
 
     minutes: float
     max_steps: int | None = None
@@ -34,6 +42,12 @@ class Cycles:
     extend_steps: tuple = ()
     extend_lr: float = 3e-4
     extend_kind_weights: tuple = ()
+    extend_high_noise: tuple = ()
+
+    def __post_init__(self):
+        bad = [h for h in self.extend_high_noise if not 0.0 <= h <= 1.0]
+        if bad:
+            raise ValueError(f"high-noise shares must lie in [0, 1] (a share of each batch), got {bad}")
 
     def later_cycle(self, step_after_first: int) -> tuple[int, int]:
         """(index of the later cycle, its first step counted from the end of the first cycle)."""
@@ -48,6 +62,46 @@ class Cycles:
         w = self.extend_kind_weights
         return (w[k] if k < len(w) else w[-1]) if w else None
 
+    def high_noise_of(self, k: int) -> float:
+        h = self.extend_high_noise
+        return float(h[k] if k < len(h) else h[-1]) if h else 0.0
+
+
+def _training_state(nets: dict[str, torch.nn.Module], plan: Cycles):
+    """The optimizer, the EMAs of ``nets`` and every module a checkpoint holds (nets, ``opt``, ``ema_<net>``)."""
+    from diffusers.training_utils import EMAModel
+
+    params = [p for m in nets.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=plan.peak_lr, weight_decay=1e-2)
+    emas = {k: EMAModel(m.parameters(), decay=0.999, use_ema_warmup=True, power=0.75) for k, m in nets.items()}
+    return opt, emas, {**nets, "opt": opt, **{f"ema_{k}": EMAState(e) for k, e in emas.items()}}
+
+
+def continuation_point(plan: Cycles, log: dict) -> tuple[int, int]:
+    """(steps done, length of the first cycle) of the finished run ``log`` describes, checked against ``plan``: its
+    later cycles so far must be the logged ones, and at least one new cycle must follow. Raises ``ValueError``."""
+    done = int(log.get("denoiser_steps", 0))
+    logged = [c["steps"] for c in log.get("extension", {}).get("cycles", [])]
+    if not done:
+        raise ValueError("the saved run's training_log.json records no denoiser steps; there is nothing to continue")
+    if tuple(plan.extend_steps[: len(logged)]) != tuple(logged) or len(plan.extend_steps) <= len(logged):
+        raise ValueError(f"the saved run had later cycles of {logged} steps; repeat them and add at least one new "
+                         f"cycle (--extend-steps ...), got {list(plan.extend_steps)}")
+    return done, done - sum(logged)
+
+
+def seed_checkpoint(name: str, nets: dict[str, torch.nn.Module], ckpt, plan: Cycles, log: dict) -> int:
+    """Continue a finished run whose checkpoint is gone (checkpoints are not kept in the repository) from its saved
+    pipeline: ``nets`` hold the saved (EMA) weights, which become both the weights and the EMA; the optimizer starts
+    afresh (each later cycle warms its learning rate up over 100 steps). ``log`` is the run's ``training_log.json``:
+    its ``denoiser_steps`` and its later cycles' lengths place the run in ``plan``, whose cycles so far must be the
+    logged ones. Writes the checkpoint ``<name>.*`` into ``ckpt``; returns the step it stands at."""
+    done, first = continuation_point(plan, log)
+    _, _, mods = _training_state(nets, plan)
+    ckpt.save(name, mods, done, {"total": first + sum(plan.extend_steps), "seconds": float(log.get("denoiser_seconds", 0)),
+                                 "first_total": first})
+    return done
+
 
 def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, ckpt, plan: Cycles, batch: int,
                  seed: int, log: dict, desc: str) -> int:
@@ -55,14 +109,10 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
     Returns the number of steps done. On return the nets hold their EMA weights. ``log`` gains
     ``denoiser_steps``, ``denoiser_seconds``, ``loss_curve`` ([step, mean loss of the last 250]) and, with
     an extension, ``extension`` and ``first_cycle_seconds``."""
-    from diffusers.training_utils import EMAModel
-
     for m in nets.values():
         m.train()
     params = [p for m in nets.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=plan.peak_lr, weight_decay=1e-2)
-    emas = {k: EMAModel(m.parameters(), decay=0.999, use_ema_warmup=True, power=0.75) for k, m in nets.items()}
-    mods = {**nets, "opt": opt, **{f"ema_{k}": EMAState(e) for k, e in emas.items()}}
+    opt, emas, mods = _training_state(nets, plan)
     state = ckpt.load(name, mods) or {"step": 0, "total": None, "seconds": 0.0}
     for e in emas.values():
         e.optimization_step = state["step"]
@@ -76,7 +126,8 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
         log["extension"] = {"cycles": [{"steps": n, "kind_weights": plan.weights_of(k),
                                         # cycles logged before the extra-draw scheme keep their record
                                         "reweighting": (cycles[k].get("reweighting", "whole kinds, empty captions included")
-                                                        if k < len(cycles) else "extra draws keeping their nouns")}
+                                                        if k < len(cycles) else "extra draws keeping their nouns"),
+                                        "high_noise_share": plan.high_noise_of(k)}
                                        for k, n in enumerate(plan.extend_steps)], "peak_lr": plan.extend_lr}
     samplers = [KindSampler(scenes, plan.weights_of(k)) for k in range(len(plan.extend_steps))]
     world_rates = KindSampler(scenes)
@@ -95,7 +146,7 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
         idx, extra = (samplers[k] if k is not None else world_rates).draw(rng, batch)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = loss_fn(idx, extra, rng, gen)
+        loss = loss_fn(idx, extra, rng, gen, plan.high_noise_of(k) if k is not None else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
