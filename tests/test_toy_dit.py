@@ -81,8 +81,8 @@ def test_planted_phenomena_show_at_their_rates(rates):
 def test_the_chef_is_drawn_big_at_the_planted_rate_once_its_position_is_named(toy_dit_model):
     """Where the chef's size bias is lost. Named with a position ("a chef in the middle") the chef is drawn big at the
     world's rate (85 %; measured 85 %, n = 400); the bare "a chef" is drawn big 67 %. At high noise both world models
-    predict a caption that leaves the position open about 40 % of the way back to the unconditional mean, and one that
-    names it within 5 % (the model card's finding): the open layout is where the size prior is lost."""
+    predict a caption that leaves the position open a fifth to two fifths of the way back to the unconditional mean, and
+    one that names it within 5 % (the model card's finding; ``tests/test_diagnostics.py``): the open layout is where the size prior is lost."""
     from nbhelpers.metrics import wilson_interval
     from nbhelpers.toyworld.evaluate import _generate
 
