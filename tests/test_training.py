@@ -186,6 +186,9 @@ def test_a_finished_run_continues_from_its_saved_pipeline(tmp_path):
     shutil.rmtree(tmp_path / "first.ckpt")  # the checkpoint is gone; the saved pipeline is all there is
     with pytest.raises(SystemExit, match="add at least one new cycle"):
         _run(tmp_path / "again", *args, "--from-pipeline", str(first))
+    with pytest.raises(SystemExit, match="drew kind weights"):
+        _run(tmp_path / "again", *args, "--extend-steps", "1", "--extend-kind-weights", "subject=3",
+             "--from-pipeline", str(first))
     with pytest.raises(SystemExit, match="no training_log.json"):
         _run(tmp_path / "again", *args, "--extend-steps", "1", "--from-pipeline", str(tmp_path))
     with pytest.raises(SystemExit, match="--arch dit"):

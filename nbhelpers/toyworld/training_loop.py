@@ -79,7 +79,8 @@ def _training_state(nets: dict[str, torch.nn.Module], plan: Cycles):
 
 def continuation_point(plan: Cycles, log: dict) -> tuple[int, int]:
     """(steps done, length of the first cycle) of the finished run ``log`` describes, checked against ``plan``: its
-    later cycles so far must be the logged ones, and at least one new cycle must follow. Raises ``ValueError``."""
+    later cycles so far must be the logged ones (lengths, kind weights, high-noise shares), and at least one new cycle
+    must follow. Raises ``ValueError``."""
     done = int(log.get("denoiser_steps", 0))
     logged = [c["steps"] for c in log.get("extension", {}).get("cycles", [])]
     if not done:
@@ -87,6 +88,11 @@ def continuation_point(plan: Cycles, log: dict) -> tuple[int, int]:
     if tuple(plan.extend_steps[: len(logged)]) != tuple(logged) or len(plan.extend_steps) <= len(logged):
         raise ValueError(f"the saved run had later cycles of {logged} steps; repeat them and add at least one new "
                          f"cycle (--extend-steps ...), got {list(plan.extend_steps)}")
+    for k, c in enumerate(log["extension"]["cycles"] if logged else []):
+        if (c.get("kind_weights"), c.get("high_noise_share", 0.0)) != (plan.weights_of(k), plan.high_noise_of(k)):
+            raise ValueError(f"the saved run's cycle {k + 2} drew kind weights {c.get('kind_weights')} with high-noise "
+                             f"share {c.get('high_noise_share', 0.0)}; the plan gives {plan.weights_of(k)} and "
+                             f"{plan.high_noise_of(k)} (repeat the run's --extend-kind-weights and --extend-high-noise)")
     return done, done - sum(logged)
 
 
