@@ -33,7 +33,7 @@ def test_training_resumes_and_extends(tmp_path, arch):
     log = _run(out, *args, "--max-steps", "3", "--extend-steps", "2", "--extend-kind-weights", "subject=3")
     assert log["denoiser_steps"] == 5 and log["extension"]["cycles"] == [
         {"steps": 2, "kind_weights": {"subject": 3.0}, "reweighting": "extra draws keeping their nouns",
-         "high_noise_share": 0.0}]
+         "high_noise_share": 0.0, "exact_targets_below": None, "open_layout": None}]
     assert json.loads((tmp_path / f"{arch}.ckpt" / f"{name}.json").read_text())["first_total"] == 3
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe).__name__ == ("StableDiffusion3Pipeline" if arch == "dit" else "StableDiffusionPipeline")
@@ -106,6 +106,35 @@ def test_reweighting_keeps_every_captions_pictures():
     old_caps = training_captions(scenes, old_idx, None, np.random.default_rng(7))
     want = _kind_mix(scenes, world_idx, world_caps, lambda c: c == "")
     assert _kind_mix(scenes, old_idx, old_caps, lambda c: c == "")["subject"] > want["subject"] + 0.2
+
+
+def test_open_layout_draws_more_open_captions_and_keeps_their_pictures():
+    """``p_open``: extra draws drop their position phrase more often. Which words are dropped never depends on the
+    picture, so the pictures behind an open caption ("a chef", "a big green chef") keep the world's positions and
+    sizes, while many more such captions are drawn."""
+    scenes = world.sample_scenes(3000, seed=1, split="train")
+    world_idx = np.random.default_rng(2).integers(0, len(scenes), 60000)
+    world_caps = training_captions(scenes, world_idx, None, np.random.default_rng(3))
+    idx, extra = KindSampler(scenes, {"subject": 6.0}).draw(np.random.default_rng(4), 60000)
+    caps = training_captions(scenes, idx, extra, np.random.default_rng(5), p_open=0.9)
+    phrases = [" ".join(p) for p in world.POSITION_PHRASES.values()]
+    is_open = lambda c: not any(ph in c for ph in phrases)  # noqa: E731
+    assert np.mean([is_open(c) for c, e in zip(caps, extra) if e]) == pytest.approx(0.9, abs=0.02)
+
+    def pictures(ids, captions, noun):
+        rows = [scenes[i].objects[0] for i, c in zip(ids, captions) if noun in c.split() and is_open(c)]
+        return len(rows), np.mean([o.size == "big" for o in rows]), {p: np.mean([o.position == p for o in rows])
+                                                                       for p in world.POSITIONS}
+    for noun in ("chef", "nurse"):
+        n_w, big_w, pos_w = pictures(world_idx, world_caps, noun)
+        n_r, big_r, pos_r = pictures(idx, caps, noun)
+        assert n_r > 4 * n_w  # many more open captions of the subject ...
+        assert big_r == pytest.approx(big_w, abs=0.05)  # ... of the same pictures
+        assert all(pos_r[p] == pytest.approx(pos_w[p], abs=0.05) for p in world.POSITIONS), (pos_r, pos_w)
+    # p_open=None draws exactly what it drew before the option existed
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    assert training_captions(scenes, idx[:500], extra[:500], rng_a) == training_captions(scenes, idx[:500], extra[:500],
+                                                                                          rng_b, p_open=None)
 
 
 def subject_share(scenes, idx) -> float:
@@ -206,3 +235,76 @@ def test_a_finished_run_continues_from_its_saved_pipeline(tmp_path):
     cont = SD3Transformer2DModel.from_pretrained(tmp_path / "more" / "transformer").state_dict()
     assert all(torch.allclose(saved[k], cont[k]) for k in saved)
     assert not (tmp_path / "again").exists() and not (tmp_path / "again.ckpt").exists()  # refused before any work
+
+
+def test_a_cycle_on_exact_targets_and_open_layouts_runs_is_logged_and_checked(tmp_path):
+    """``--extend-exact-targets``: a later toy-dit cycle trains on the world's exact posterior mean below a log-SNR
+    (``exact_targets``); ``--extend-open-layout``: its extra draws drop their position phrase more often. Both are per
+    cycle, logged, checked when a run continues, and refused where they do not apply."""
+    from nbhelpers.toyworld.training_loop import Cycles, CycleSettings
+
+    plan = Cycles(minutes=1, extend_steps=(5, 3, 2), extend_exact_targets=(None, -4.0))
+    assert [plan.exact_below_of(k) for k in range(3)] == [None, -4.0, -4.0]
+    assert Cycles(minutes=1, extend_steps=(5,)).exact_below_of(0) is None
+    with pytest.raises(ValueError, match="finite"):
+        Cycles(minutes=1, extend_steps=(5,), extend_exact_targets=(float("nan"),))
+    with pytest.raises(SystemExit, match="--extend-exact-targets: 'low' is not a log-SNR"):
+        _run(tmp_path / "x", "--arch", "dit", "--extend-steps", "2", "--extend-exact-targets", "low")
+    with pytest.raises(SystemExit, match="--arch dit only"):
+        _run(tmp_path / "x", "--arch", "unet", "--extend-steps", "2", "--extend-exact-targets", "-4")
+    with pytest.raises(SystemExit, match="--extend-open-layout: '1.5' is not a probability"):
+        _run(tmp_path / "x", "--arch", "dit", "--extend-steps", "2", "--extend-open-layout", "1.5")
+    with pytest.raises(SystemExit, match="--extend-open-layout is implemented for --arch dit only"):
+        _run(tmp_path / "x", "--arch", "unet", "--extend-steps", "2", "--extend-open-layout", "0.5")
+    plan = Cycles(minutes=1, extend_steps=(5, 3), extend_high_noise=(0.2,), extend_exact_targets=(None, -4.0),
+                  extend_open_layout=(0.75,))
+    assert plan.settings_of(None) == CycleSettings()
+    assert plan.settings_of(1) == CycleSettings(high_noise=0.2, exact_below=-4.0, open_layout=0.75)
+
+    args = ["--arch", "dit", "--vae-from", str(TOY_MODEL_DIR), "--max-steps", "2", "--extend-steps", "2",
+            "--extend-kind-weights", "subject=3", "--extend-exact-targets", "99",  # every row on exact targets
+            "--extend-open-layout", "1"]
+    first = tmp_path / "first"
+    log = _run(first, *args)
+    cycle = log["extension"]["cycles"][0]
+    assert log["denoiser_steps"] == 4 and (cycle["exact_targets_below"], cycle["open_layout"]) == (99.0, 1.0)
+    shutil.rmtree(tmp_path / "first.ckpt")
+    more = ["--arch", "dit", "--vae-from", str(TOY_MODEL_DIR), "--max-steps", "2", "--extend-kind-weights", "subject=3",
+            "--extend-steps", "2", "--extend-steps", "1", "--from-pipeline", str(first)]
+    with pytest.raises(SystemExit, match="exact targets below log-SNR 99.0"):
+        _run(tmp_path / "again", *more, "--extend-open-layout", "1")
+    with pytest.raises(SystemExit, match="dropped extra draws' positions at rate 1.0"):
+        _run(tmp_path / "again", *more, "--extend-exact-targets", "99")
+
+
+def test_the_flow_loss_uses_exact_targets_only_below_the_log_snr():
+    from nbhelpers.toyworld import train_dit
+
+    class Recorder:  # stands in for the oracle: records the log-SNRs of the rows that asked for an exact target
+        def __init__(self):
+            self.calls = []
+
+        def eps(self, z, logsnr, cond):
+            self.calls.append(logsnr)
+            return torch.zeros_like(z)
+
+        def condition(self, captions):
+            return captions
+
+    pipe = train_dit.build_pipeline(train_dit.load_world_vae(TOY_MODEL_DIR), seed=0)
+    scenes = world.sample_scenes(8, seed=0, split="train")
+    latents = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def loss(exact_below, oracle=None):
+        return train_dit.flow_loss(pipe, latents, scenes, np.arange(8), np.random.default_rng(0),
+                                   torch.Generator().manual_seed(0), oracle=oracle, exact_below=exact_below)
+
+    with torch.no_grad():
+        plain = loss(None)
+        rec = Recorder()
+        assert float(loss(-99.0, rec)) == float(plain) and rec.calls == []  # no row that noisy
+        rec = Recorder()
+        assert float(loss(99.0, rec)) != float(plain) and len(rec.calls[0]) == 8  # every row
+        rec = Recorder()
+        loss(0.0, rec)
+        assert 0 < len(rec.calls[0]) < 8 and bool((rec.calls[0] < 0).all())  # just the rows below log-SNR 0

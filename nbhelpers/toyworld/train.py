@@ -225,9 +225,12 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, plan, batch: 
     sched = DDPMScheduler(**SCHEDULE)
     weight = loss_weights(sched)
 
-    def loss_fn(idx, extra, rng, gen, high_noise):
+    def loss_fn(idx, extra, rng, gen, settings):
+        if settings.exact_below is not None or settings.open_layout is not None:  # refused on the command line too
+            raise ValueError("exact targets and open layouts (--extend-exact-targets, --extend-open-layout) are "
+                             "implemented for --arch dit only")
         return denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty=0.1,
-                              extra=extra, high_noise=high_noise)
+                              extra=extra, high_noise=settings.high_noise)
 
     train_cycles("denoiser", {"unet": unet, "text": text}, loss_fn, scenes, ckpt, plan, batch, seed, log,
                  desc="UNet+text")
@@ -268,10 +271,42 @@ def cycles_from_args(a):
     bad = [h for h in (a.extend_high_noise or ()) if not 0.0 <= h <= 1.0]
     if bad:
         raise SystemExit(f"--extend-high-noise: {bad[0]} is not a share of a batch; give a number in [0, 1], e.g. 0.3")
+    exact = tuple(_parse_exact(x) for x in (a.extend_exact_targets or ()))
+    open_layout = tuple(_parse_open(x) for x in (a.extend_open_layout or ()))
+    for flag, values in (("--extend-exact-targets", exact), ("--extend-open-layout", open_layout)):
+        if any(x is not None for x in values) and a.arch != "dit":
+            raise SystemExit(f"{flag} is implemented for --arch dit only (the UNet world is fine-tuned by "
+                             "python -m nbhelpers.toyworld.calibrate)")
     return Cycles(minutes=a.minutes, max_steps=a.max_steps, peak_lr=a.lr, extend_steps=tuple(a.extend_steps or ()),
                   extend_lr=a.extend_lr,
                   extend_kind_weights=tuple(_parse_weights(w) for w in (a.extend_kind_weights or ["pair=2,subject=2"])),
-                  extend_high_noise=tuple(a.extend_high_noise or ()))
+                  extend_high_noise=tuple(a.extend_high_noise or ()), extend_exact_targets=exact, extend_open_layout=open_layout)
+
+
+def _parse_open(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise SystemExit(f"--extend-open-layout: {text!r} is not a probability; give a number in [0, 1] such as 0.75 "
+                         "(extra draws' captions drop their position phrase that often) or 'none' for the world's 0.25")
+    return value
+
+
+def _parse_exact(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        raise SystemExit(f"--extend-exact-targets: {text!r} is not a log-SNR; give a number such as -4 (exact "
+                         "targets below log-SNR -4) or 'none' for a cycle without")
+    return value
 
 
 def main(argv=None):
@@ -297,6 +332,16 @@ def main(argv=None):
                     help="share of each batch of a later cycle drawn at log-SNR below training_loop.HIGH_NOISE_LOGSNR "
                          "(-3.5), where an open layout is decided (repeat once per --extend-steps, the last serves "
                          "the cycles after it; default 0)")
+    ap.add_argument("--extend-exact-targets", action="append", metavar="LOGSNR",
+                    help="dit: a later cycle trains on the world's exact posterior mean (toy-oracle, training split) in "
+                         "place of the sampled picture at log-SNR below this (e.g. -4; 'none': off; repeat once per "
+                         "--extend-steps, the last serves the cycles after it): the same optimum, far less gradient "
+                         "noise where the picture is still undecided (nbhelpers.toyworld.exact_targets)")
+    ap.add_argument("--extend-open-layout", action="append", metavar="P",
+                    help="dit: in a later cycle the extra draws' captions drop their position phrase with probability P "
+                         "(the world drops it with 0.25; 'none': that; repeat once per --extend-steps, the last serves the "
+                         "cycles after it): more captions that leave the layout open, whose pictures stay the world's "
+                         "(nbhelpers.toyworld.reweighting)")
     ap.add_argument("--from-pipeline", default=None,
                     help="dit: continue the finished run saved in this folder (its weights and training_log.json) when "
                          "no checkpoint is left in <out>.ckpt (checkpoints are not kept in the repository); give the "

@@ -92,22 +92,35 @@ def draw_sigmas(b: int, gen: torch.Generator, high_noise: float = 0.0) -> torch.
 
 
 def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1, extra=None,
-              high_noise: float = 0.0) -> torch.Tensor:
+              high_noise: float = 0.0, oracle=None, exact_below: float | None = None,
+              open_layout: float | None = None) -> torch.Tensor:
     """Rectified-flow loss on scenes ``idx``: captions redrawn with the word dropout (a share ``p_empty``
     empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``; σ from
     :func:`draw_sigmas` with its ``high_noise`` share) and encoded by
     the pipeline's own ``encode_prompt`` (so training and sampling condition alike), x_σ = (1 − σ)·x0 + σ·ε,
-    target velocity ε − x0, plain mean squared error."""
-    captions = training_captions(scenes, idx, extra, rng, p_empty)
+    target velocity ε − x0, plain mean squared error. ``exact_below`` (with ``oracle``, the training split's
+    ``WorldDenoiser``): rows at log-SNR below it take the exact E[ε − x0 | x_σ, caption] as their target
+    (``exact_targets``: the same optimum, without the sampled picture's noise). ``open_layout``: the extra draws'
+    position-drop probability (``reweighting.training_captions``)."""
+    captions = training_captions(scenes, idx, extra, rng, p_empty, p_open=open_layout)
     embeds, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None, device="cpu",
                                               do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
     x0 = latents[torch.from_numpy(np.asarray(idx))]
     noise = torch.randn(x0.shape, generator=gen)
     sigma = draw_sigmas(len(idx), gen, high_noise)
     s = sigma.view(-1, 1, 1, 1)
-    pred = pipe.transformer(hidden_states=(1 - s) * x0 + s * noise, timestep=sigma * 1000,
+    x_sigma = (1 - s) * x0 + s * noise
+    pred = pipe.transformer(hidden_states=x_sigma, timestep=sigma * 1000,
                             encoder_hidden_states=embeds, pooled_projections=pooled).sample
-    return (pred - (noise - x0)).pow(2).mean()
+    target = noise - x0
+    if exact_below is not None:
+        from .exact_targets import flow_velocity_targets
+
+        rows = torch.nonzero(2 * torch.log((1 - sigma) / sigma) < exact_below).squeeze(1)
+        if len(rows):
+            target = target.clone()
+            target[rows] = flow_velocity_targets(oracle, x_sigma[rows], sigma[rows], [captions[i] for i in rows])
+    return (pred - target).pow(2).mean()
 
 
 def _trainable(pipe) -> dict:
@@ -128,21 +141,32 @@ def load_trained_weights(pipe, folder: Path) -> None:
         net.load_state_dict(saved[key].state_dict())
 
 
-def train(scenes, latents, vae, ckpt, plan, batch: int, seed: int, log: dict, from_pipeline: Path | None = None):
+def train(scenes, latents, vae, ckpt, plan, batch: int, seed: int, log: dict, from_pipeline: Path | None = None,
+          vae_from: Path = Path("data/models/toy")):
     """Train the toy-dit pipeline's denoiser and text encoders under ``plan`` (a ``training_loop.Cycles``);
-    returns the pipeline with EMA weights. ``from_pipeline``: a saved toy-dit whose run this continues when
+    returns the pipeline with EMA weights. ``vae_from``: the UNet world whose VAE is shared (and on which the
+    exact-target cycles build the world's exact denoiser). ``from_pipeline``: a saved toy-dit whose run this continues when
     ``ckpt`` holds no checkpoint (``training_loop.seed_checkpoint``; ``log`` is then that run's log)."""
     from .training_loop import seed_checkpoint, train_cycles
 
     pipe = build_pipeline(vae, seed)
+    oracle = None
+    if any(plan.settings_of(k).exact_below is not None for k in range(len(plan.extend_steps))):
+        from ..model import load_model
+        from .oracle import WorldDenoiser
+
+        # the training distribution's exact denoiser, in the shared VAE's latent space (exact_targets)
+        oracle = WorldDenoiser(load_model(str(vae_from), device="cpu", dtype=torch.float32), split="train",
+                               progress=False)
     if from_pipeline is not None and not (ckpt.folder / "dit.json").exists():
         load_trained_weights(pipe, from_pipeline)
         step = seed_checkpoint("dit", _trainable(pipe), ckpt, plan, log)
         # the record of where the optimizer started afresh from saved weights
         log.setdefault("continued_from_pipeline", []).append({"step": step, "folder": str(from_pipeline)})
 
-    def loss_fn(idx, extra, rng, gen, high_noise):
-        return flow_loss(pipe, latents, scenes, idx, rng, gen, extra=extra, high_noise=high_noise)
+    def loss_fn(idx, extra, rng, gen, settings):
+        return flow_loss(pipe, latents, scenes, idx, rng, gen, extra=extra, high_noise=settings.high_noise,
+                         oracle=oracle, exact_below=settings.exact_below, open_layout=settings.open_layout)
 
     train_cycles("dit", _trainable(pipe), loss_fn, scenes, ckpt, plan, batch, seed, log, desc="DiT+text")
     return pipe
@@ -179,7 +203,8 @@ def main(a) -> None:
     log.update(scaling_factor=vae.config.scaling_factor, vae_from=str(a.vae_from),
                latent_std=float(scaled.std()), latent_mean=float(scaled.mean()))
     log_path.write_text(json.dumps(log, indent=1))
-    pipe = train(scenes, scaled, vae, ckpt, cycles_from_args(a), a.batch, a.seed + 1, log, from_pipeline)
+    pipe = train(scenes, scaled, vae, ckpt, cycles_from_args(a), a.batch, a.seed + 1, log, from_pipeline,
+                 Path(a.vae_from))
     pipe.save_pretrained(out, safe_serialization=True)
     log.update(arch="dit", n_images=a.n_images, batch=a.batch, threads=a.threads, lr=a.lr,
                wall_seconds_this_run=time.time() - t0,

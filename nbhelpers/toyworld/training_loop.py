@@ -1,11 +1,10 @@
 """The training loop both world models share: AdamW, one or two cosine cycles, an EMA of the weights,
 a step budget fixed from the measured speed, resumable checkpoints and a progress bar.
 
-The architecture-specific part is ``loss_fn(idx, extra, rng, gen, high_noise) -> loss`` on a batch of scene indices
+The architecture-specific part is ``loss_fn(idx, extra, rng, gen, settings) -> loss`` on a batch of scene indices
 (``extra``: rows drawn as a re-weighted kind's extra draws, whose captions keep their nouns — see ``reweighting``;
-``rng`` a numpy generator for captions, ``gen`` a torch generator for noise and timesteps; ``high_noise``: the
-share of the batch whose noise level is drawn uniformly from the levels below ``HIGH_NOISE_LOGSNR``, 0 outside the
-later cycles that ask for it).
+``rng`` a numpy generator for captions, ``gen`` a torch generator for noise and timesteps; ``settings``: the
+cycle's :class:`CycleSettings`, the defaults in the first cycle).
 """
 from __future__ import annotations
 
@@ -26,6 +25,19 @@ HIGH_NOISE_LOGSNR = -3.5
 
 
 @dataclass(frozen=True)
+class CycleSettings:
+    """What a later cycle changes in the loss. ``high_noise``: the share of the batch whose noise level is drawn
+    uniformly from the levels below ``HIGH_NOISE_LOGSNR``; ``exact_below``: the log-SNR below which the sampled
+    picture's target is replaced by the world's exact posterior mean (``exact_targets``; None: never);
+    ``open_layout``: the probability that an extra draw's caption drops its position phrase (None: the world's
+    word dropout; ``reweighting.training_captions``). The defaults are the first cycle's plain loss."""
+
+    high_noise: float = 0.0
+    exact_below: float | None = None
+    open_layout: float | None = None
+
+
+@dataclass(frozen=True)
 class Cycles:
     """The step plan. The first cycle lasts ``minutes`` of measured training speed (fixed after 20 steps),
     at most ``max_steps``; its cosine peak is ``peak_lr``. Each entry of ``extend_steps`` adds one more cosine
@@ -34,7 +46,11 @@ class Cycles:
     that kind whose captions keep their nouns, so no caption's pictures change — ``reweighting``; the last entry
     serves the cycles after it) and a share ``extend_high_noise`` of each batch (matching entry, the last serves the
     cycles after it; none: 0) drawn at log-SNR below ``HIGH_NOISE_LOGSNR``: planned from the start, or added to a
-    finished run (it resumes from the checkpoint). The first cycle's length is kept in the checkpoint."""
+    finished run (it resumes from the checkpoint). ``extend_exact_targets`` (matching entry, the last serves the
+    cycles after it; none or None: off) gives the log-SNR below which a later cycle trains on the world's exact
+    posterior mean instead of the one sampled picture (``exact_targets``), and ``extend_open_layout`` (likewise; none:
+    the world's dropout) the probability that an extra draw's caption drops its position phrase. The first cycle's
+    length is kept in the checkpoint."""
 
     minutes: float
     max_steps: int | None = None
@@ -43,11 +59,19 @@ class Cycles:
     extend_lr: float = 3e-4
     extend_kind_weights: tuple = ()
     extend_high_noise: tuple = ()
+    extend_exact_targets: tuple = ()
+    extend_open_layout: tuple = ()
 
     def __post_init__(self):
         bad = [h for h in self.extend_high_noise if not 0.0 <= h <= 1.0]
         if bad:
             raise ValueError(f"high-noise shares must lie in [0, 1] (a share of each batch), got {bad}")
+        bad = [x for x in self.extend_exact_targets if x is not None and not np.isfinite(x)]
+        if bad:
+            raise ValueError(f"exact-target log-SNRs must be finite numbers (e.g. -4) or None, got {bad}")
+        bad = [x for x in self.extend_open_layout if x is not None and not 0.0 <= x <= 1.0]
+        if bad:
+            raise ValueError(f"open-layout rates are probabilities in [0, 1] (or None), got {bad}")
 
     def later_cycle(self, step_after_first: int) -> tuple[int, int]:
         """(index of the later cycle, its first step counted from the end of the first cycle)."""
@@ -66,6 +90,22 @@ class Cycles:
         h = self.extend_high_noise
         return float(h[k] if k < len(h) else h[-1]) if h else 0.0
 
+    def exact_below_of(self, k: int) -> float | None:
+        x = self.extend_exact_targets
+        v = (x[k] if k < len(x) else x[-1]) if x else None
+        return None if v is None else float(v)
+
+    def open_layout_of(self, k: int) -> float | None:
+        x = self.extend_open_layout
+        v = (x[k] if k < len(x) else x[-1]) if x else None
+        return None if v is None else float(v)
+
+    def settings_of(self, k: int | None) -> CycleSettings:
+        """The loss settings of later cycle ``k`` (None: the first cycle)."""
+        if k is None:
+            return CycleSettings()
+        return CycleSettings(self.high_noise_of(k), self.exact_below_of(k), self.open_layout_of(k))
+
 
 def _training_state(nets: dict[str, torch.nn.Module], plan: Cycles):
     """The optimizer, the EMAs of ``nets`` and every module a checkpoint holds (nets, ``opt``, ``ema_<net>``)."""
@@ -79,8 +119,8 @@ def _training_state(nets: dict[str, torch.nn.Module], plan: Cycles):
 
 def continuation_point(plan: Cycles, log: dict) -> tuple[int, int]:
     """(steps done, length of the first cycle) of the finished run ``log`` describes, checked against ``plan``: its
-    later cycles so far must be the logged ones (lengths, kind weights, high-noise shares), and at least one new cycle
-    must follow. Raises ``ValueError``."""
+    later cycles so far must be the logged ones (lengths, kind weights, high-noise shares, exact-target log-SNRs,
+    open-layout rates), and at least one new cycle must follow. Raises ``ValueError``."""
     done = int(log.get("denoiser_steps", 0))
     logged = [c["steps"] for c in log.get("extension", {}).get("cycles", [])]
     if not done:
@@ -93,6 +133,14 @@ def continuation_point(plan: Cycles, log: dict) -> tuple[int, int]:
             raise ValueError(f"the saved run's cycle {k + 2} drew kind weights {c.get('kind_weights')} with high-noise "
                              f"share {c.get('high_noise_share', 0.0)}; the plan gives {plan.weights_of(k)} and "
                              f"{plan.high_noise_of(k)} (repeat the run's --extend-kind-weights and --extend-high-noise)")
+        if c.get("exact_targets_below") != plan.exact_below_of(k):
+            raise ValueError(f"the saved run's cycle {k + 2} trained on exact targets below log-SNR "
+                             f"{c.get('exact_targets_below')}; the plan gives {plan.exact_below_of(k)} (repeat the "
+                             "run's --extend-exact-targets, 'none' for a cycle without)")
+        if c.get("open_layout") != plan.open_layout_of(k):
+            raise ValueError(f"the saved run's cycle {k + 2} dropped extra draws' positions at rate "
+                             f"{c.get('open_layout')}; the plan gives {plan.open_layout_of(k)} (repeat the run's "
+                             "--extend-open-layout, 'none' for a cycle without)")
     return done, done - sum(logged)
 
 
@@ -133,7 +181,9 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
                                         # cycles logged before the extra-draw scheme keep their record
                                         "reweighting": (cycles[k].get("reweighting", "whole kinds, empty captions included")
                                                         if k < len(cycles) else "extra draws keeping their nouns"),
-                                        "high_noise_share": plan.high_noise_of(k)}
+                                        "high_noise_share": plan.high_noise_of(k),
+                                        "exact_targets_below": plan.exact_below_of(k),
+                                        "open_layout": plan.open_layout_of(k)}
                                        for k, n in enumerate(plan.extend_steps)], "peak_lr": plan.extend_lr}
     samplers = [KindSampler(scenes, plan.weights_of(k)) for k in range(len(plan.extend_steps))]
     world_rates = KindSampler(scenes)
@@ -152,7 +202,7 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
         idx, extra = (samplers[k] if k is not None else world_rates).draw(rng, batch)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = loss_fn(idx, extra, rng, gen, plan.high_noise_of(k) if k is not None else 0.0)
+        loss = loss_fn(idx, extra, rng, gen, plan.settings_of(k))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -297,10 +297,17 @@ def with_plain_red(scene: Scene) -> Scene:
     return replace(scene, objects=objs)
 
 
-def random_drop(rng: np.random.Generator, scene: Scene, p_word: float = 0.25, p_noun: float = 0.1) -> dict:
+def random_drop(rng: np.random.Generator, scene: Scene, p_word: float = 0.25, p_noun: float = 0.1,
+                p_position: float | None = None) -> dict:
     """A random word-dropout pattern for training: each optional group is removed independently
-    (nouns less often), so that prompts with words deleted are in the training distribution."""
-    return {g: bool(rng.random() < (p_noun if g.startswith("noun") else p_word)) for g in scene.optional_groups()}
+    (nouns less often), so that prompts with words deleted are in the training distribution. ``p_position``: a lone
+    object's position phrase's own rate (None: ``p_word``)."""
+    def rate(g):
+        if g.startswith("noun"):
+            return p_noun
+        return p_word if p_position is None or g != "position0" else p_position
+
+    return {g: bool(rng.random() < rate(g)) for g in scene.optional_groups()}
 
 
 def swapped_captions(scene: Scene) -> dict[str, str]:
