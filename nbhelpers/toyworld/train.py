@@ -283,30 +283,28 @@ def cycles_from_args(a):
                   extend_high_noise=tuple(a.extend_high_noise or ()), extend_exact_targets=exact, extend_open_layout=open_layout)
 
 
-def _parse_open(text: str) -> float | None:
+def _parse_optional(flag: str, text: str, valid, hint: str) -> float | None:
+    """A per-cycle number from the command line: 'none' (None) or a float that ``valid`` accepts."""
     if text.strip().lower() == "none":
         return None
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise SystemExit(f"--extend-open-layout: {text!r} is not a probability; give a number in [0, 1] such as 0.75 "
-                         "(extra draws' captions drop their position phrase that often) or 'none' for the world's 0.25")
+    if not valid(value):
+        raise SystemExit(f"{flag}: {text!r} is not {hint} or 'none' for a cycle without")
     return value
+
+
+def _parse_open(text: str) -> float | None:
+    return _parse_optional("--extend-open-layout", text, lambda v: 0.0 <= v <= 1.0,
+                           "a probability; give a number in [0, 1] such as 0.75 (extra draws' captions drop their "
+                           "position phrase that often; the world's rate is 0.25)")
 
 
 def _parse_exact(text: str) -> float | None:
-    if text.strip().lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not np.isfinite(value):
-        raise SystemExit(f"--extend-exact-targets: {text!r} is not a log-SNR; give a number such as -4 (exact "
-                         "targets below log-SNR -4) or 'none' for a cycle without")
-    return value
+    return _parse_optional("--extend-exact-targets", text, np.isfinite,
+                           "a log-SNR; give a number such as -4 (exact targets below log-SNR -4)")
 
 
 def main(argv=None):
