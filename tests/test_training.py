@@ -291,6 +291,9 @@ def test_the_flow_loss_uses_exact_targets_only_below_the_log_snr():
         def condition(self, captions):
             return captions
 
+        def pred_x0(self, z, logsnr, eps):
+            return z
+
     pipe = train_dit.build_pipeline(train_dit.load_world_vae(TOY_MODEL_DIR), seed=0)
     scenes = world.sample_scenes(8, seed=0, split="train")
     latents = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import torch
 
+from ..families.noise import FlowMatching
+
 
 def flow_velocity_targets(oracle, x_sigma: torch.Tensor, sigma: torch.Tensor, captions: list[str]) -> torch.Tensor:
     """E[ε − x0 | x_σ, caption] for rectified-flow latents under ``oracle`` (a ``WorldDenoiser`` in the same latent
     space), float32 shaped like ``x_sigma`` (B, C, h, w). ``sigma``: (B,) noise levels in (0, 1); ``captions``: B
-    prompts ("" is the unconditional one), each one the world can caption (else ``PromptError``)."""
-    s = sigma.double().view(-1, 1, 1, 1)
-    x = x_sigma.double()
-    scale = ((1 - s) ** 2 + s**2).sqrt()
-    logsnr = 2 * torch.log((1 - sigma.double()) / sigma.double())
-    z = (x / scale).float()
-    eps = oracle.eps(z, logsnr, oracle.condition(list(captions))).double()
-    a = logsnr.view(-1, 1, 1, 1)
-    x0 = (z.double() - torch.sigmoid(-a).sqrt() * eps) / torch.sigmoid(a).sqrt()
-    return ((x - x0) / s).float()
+    prompts ("" is the unconditional one), each one the world can caption (else ``PromptError``). The flow ↔ VP
+    conversion is ``families.noise.FlowMatching``'s."""
+    logsnr = FlowMatching.logsnr_of_t(sigma)
+    z = (x_sigma.double() / FlowMatching().scale(logsnr).view(-1, 1, 1, 1)).float()
+    x0 = oracle.pred_x0(z, logsnr, oracle.eps(z, logsnr, oracle.condition(list(captions))))
+    return (x_sigma - x0) / sigma.view(-1, 1, 1, 1)

@@ -114,9 +114,10 @@ def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1, extra=
                             encoder_hidden_states=embeds, pooled_projections=pooled).sample
     target = noise - x0
     if exact_below is not None:
+        from ..families.noise import FlowMatching
         from .exact_targets import flow_velocity_targets
 
-        rows = torch.nonzero(2 * torch.log((1 - sigma) / sigma) < exact_below).squeeze(1)
+        rows = torch.nonzero(FlowMatching.logsnr_of_t(sigma) < exact_below).squeeze(1)
         if len(rows):
             target = target.clone()
             target[rows] = flow_velocity_targets(oracle, x_sigma[rows], sigma[rows], [captions[i] for i in rows])

@@ -82,22 +82,23 @@ class Cycles:
             start += n
         raise ValueError("no later cycles planned")
 
+    @staticmethod
+    def _of(values: tuple, k: int, default=None):
+        """Later cycle ``k``'s entry of a per-cycle option: its own, else the last one given, else ``default``."""
+        return (values[k] if k < len(values) else values[-1]) if values else default
+
     def weights_of(self, k: int) -> dict | None:
-        w = self.extend_kind_weights
-        return (w[k] if k < len(w) else w[-1]) if w else None
+        return self._of(self.extend_kind_weights, k)
 
     def high_noise_of(self, k: int) -> float:
-        h = self.extend_high_noise
-        return float(h[k] if k < len(h) else h[-1]) if h else 0.0
+        return float(self._of(self.extend_high_noise, k, 0.0))
 
     def exact_below_of(self, k: int) -> float | None:
-        x = self.extend_exact_targets
-        v = (x[k] if k < len(x) else x[-1]) if x else None
+        v = self._of(self.extend_exact_targets, k)
         return None if v is None else float(v)
 
     def open_layout_of(self, k: int) -> float | None:
-        x = self.extend_open_layout
-        v = (x[k] if k < len(x) else x[-1]) if x else None
+        v = self._of(self.extend_open_layout, k)
         return None if v is None else float(v)
 
     def settings_of(self, k: int | None) -> CycleSettings:
