@@ -31,8 +31,10 @@ browser:
 	  else echo "browser: could not install Debian's chromium (needs root or passwordless sudo, and apt); tests/test_browser.py will be skipped"; fi; \
 	fi
 
+# Two pytest-xdist workers, one core each; a module's tests stay on one worker (tests/conftest.py: the heaviest first).
+TEST_WORKERS ?= 2
 test: setup browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 train-toy: setup
 	$(BIN)/python -m nbhelpers.toyworld.train --out data/models/toy --minutes 1000 --max-steps 3200 --extend-steps 3000

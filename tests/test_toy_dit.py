@@ -22,7 +22,7 @@ def quality(toy_dit_model):
 
 @pytest.fixture(scope="module")
 def rates(toy_dit_model):
-    rows = planted_rates(toy_dit_model, n=200)
+    rows = planted_rates(toy_dit_model, n=200, first=100)  # two stages: 100 more images where the first 100 leave it open
     print(rate_lines(rows))
     return rows
 
@@ -64,7 +64,7 @@ def test_synonyms_homonym_and_group_words_show_at_their_rates(rates):
             "a crimson circle", "a crimson red square"}
     off = [r for r in rates if r["prompt"] in held and abs(r["measured"] - r["planted"]) > 0.10]
     assert not off, off
-    assert all(r["off_support"] <= 0.25 and r["n"] >= 150 for r in rates if r["prompt"] in held), rates
+    assert all(r["off_support"] <= 0.25 and r["n"] >= (75 if r["stopped_early"] else 150) for r in rates if r["prompt"] in held), rates
 
 
 # Measured on the shipped toy-dit (200 images each, guidance 1) after its fourth training cycle: the chef is drawn
@@ -75,7 +75,7 @@ def test_synonyms_homonym_and_group_words_show_at_their_rates(rates):
 def test_planted_phenomena_show_at_their_rates(rates):
     off = [r for r in rates if abs(r["measured"] - r["planted"]) > 0.10]
     assert not off, off
-    assert all(r["off_support"] <= 0.25 and r["n"] >= 150 for r in rates), rates
+    assert all(r["off_support"] <= 0.25 and r["n"] >= (75 if r["stopped_early"] else 150) for r in rates), rates
 
 
 def test_the_chef_is_drawn_big_at_the_planted_rate_once_its_position_is_named(toy_dit_model):

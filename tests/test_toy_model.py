@@ -27,7 +27,7 @@ def quality(toy_model):
 
 @pytest.fixture(scope="module")
 def rates(toy_model):
-    rows = planted_rates(toy_model, n=200)
+    rows = planted_rates(toy_model, n=200, first=100)  # two stages: 100 more images where the first 100 leave it open
     print(rate_lines(rows))
     return rows
 
@@ -76,4 +76,36 @@ def test_planted_phenomena_show_at_their_rates(rates):
     the images whose attribute the world can draw for the prompt; few images fall outside that support."""
     off = [r for r in rates if abs(r["measured"] - r["planted"]) > 0.10]
     assert not off, off
-    assert all(r["off_support"] <= 0.25 and r["n"] >= 150 for r in rates), rates
+    assert all(r["off_support"] <= 0.25 and r["n"] >= (75 if r["stopped_early"] else 150) for r in rates), rates
+
+
+def test_the_two_stage_design_stops_only_on_a_decided_rate():
+    """A check stops after its first images only when the rate is more than two standard errors from each edge of
+    planted ± 10 points (inside or outside the band); the ±10-point answer of the test is then the same as on 200
+    images with probability ≥ 97.5 %."""
+    from nbhelpers.toyworld.evaluate import _decided
+
+    def reads(k, m=100):
+        return ["red"] * k + ["blue"] * (m - k)
+
+    assert _decided(reads(98), "red", None, 1.0, 0.10)  # 8 points inside, 2.7 standard errors at the 90 % edge
+    assert not _decided(reads(92), "red", None, 1.0, 0.10)
+    assert _decided(reads(86), "red", None, 0.85, 0.10) and not _decided(reads(93), "red", None, 0.85, 0.10)
+    assert _decided(reads(60), "red", None, 0.85, 0.10)  # well outside: fails early, as it would on 200
+    assert not _decided(reads(71), "red", None, 0.85, 0.10) and not _decided(reads(52), "red", None, 0.5, 0.10)
+    assert _decided(reads(98) + [None] * 5 + ["green"] * 50, "red", ("red", "blue"), 1.0, 0.10)  # off-support aside
+    assert not _decided([None] * 10, "red", None, 1.0, 0.10)
+
+
+def test_an_undecided_check_gets_the_one_stage_answer(tiny_model):
+    """The second stage draws the one-stage run's remaining seeds in the same batches: same images, same rows."""
+    one = planted_rates.uncached(tiny_model, n=4, steps=2, batch=2)
+    two = planted_rates.uncached(tiny_model, n=4, steps=2, batch=2, first=2)
+    assert not any(r.pop("stopped_early") for r in one)
+    early = [r.pop("stopped_early") for r in two]
+    assert 0 < early.count(False) < len(two)  # the untrained model: some rates are far off after 2 images, some open
+    for a, b, stopped in zip(one, two, early):
+        if stopped:
+            assert b["n"] + b["n_without_object"] <= 2 and b["prompt"] == a["prompt"]
+        else:
+            assert a == b

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -110,24 +111,53 @@ PLANTED_CHECKS = [
 
 @cached("studies")
 def planted_rates(model, n: int = 200, seed: int = 777, steps: int = 25, guidance: float = 1.0,
-                  batch: int = 100) -> list[dict]:
+                  batch: int = 100, first: int | None = None, band: float = 0.10) -> list[dict]:
     """For each planted phenomenon: the rate in generations of its prompt (``guidance=1``: plain
     conditional sampling, since guidance sharpens rates) against the planted rate, among the images
-    whose attribute is one the world can draw for the prompt (``off_support``: the share that is not)."""
+    whose attribute is one the world can draw for the prompt (``off_support``: the share that is not).
+
+    ``first``: a two-stage design (``None``: every check on ``n`` images). A check first draws ``first`` images and
+    stops there when they decide it, the rate more than two standard errors (binomial, at each edge of the band)
+    inside or outside planted ± ``band``; otherwise it draws the rest, up to ``n``, on the seeds a one-stage run
+    uses, so an undecided check gets the one-stage answer. ``stopped_early`` says which happened."""
     rows = []
     for j, (prompt, attr, value, rate, support) in enumerate(tqdm(PLANTED_CHECKS, desc="planted rates", leave=False)):
         seeds = list(range(seed + 1000 * j, seed + 1000 * j + n))
-        images = _generate(model, [prompt] * n, seeds, steps, guidance, batch)
-        reads = [read_image(im, max_objects=1) for im in images]
-        values = [getattr(r[0], attr) for r in reads if r]
+        drawn = seeds if first is None else seeds[:first]
+        values = _read(model, prompt, drawn, attr, steps, guidance, batch)
+        early = first is not None and _decided(values, value, support, rate, band)
+        if first is not None and not early:
+            values += _read(model, prompt, seeds[first:], attr, steps, guidance, batch)
+        n_drawn = len(drawn) if early else n
+        values = [v for v in values if v is not None]
         counted = [v for v in values if support is None or v in support]
         k, m = sum(v == value for v in counted), len(counted)
         lo, hi = wilson_interval(k, m)
         rows.append(dict(prompt=prompt, attribute=attr, value=value, planted=rate,
-                         measured=k / max(m, 1), ci95=(lo, hi), n=m, n_without_object=n - len(values),
+                         measured=k / max(m, 1), ci95=(lo, hi), n=m, n_without_object=n_drawn - len(values),
                          support=list(support) if support else None,
-                         off_support=(len(values) - m) / max(len(values), 1)))
+                         off_support=(len(values) - m) / max(len(values), 1), stopped_early=early))
     return rows
+
+
+def _read(model, prompt, seeds, attr, steps, guidance, batch) -> list:
+    """The attribute ``attr`` of each generated image of ``prompt`` as the world's checker reads it (None: no object)."""
+    if not seeds:
+        return []
+    images = _generate(model, [prompt] * len(seeds), seeds, steps, guidance, batch)
+    reads = [read_image(im, max_objects=1) for im in images]
+    return [getattr(r[0], attr) if r else None for r in reads]
+
+
+def _decided(values, value, support, rate, band) -> bool:
+    """Whether these reads already place the rate of ``value`` more than two binomial standard errors (at that edge)
+    from each edge of rate ± band that lies inside (0, 1): well inside the band or well outside it."""
+    counted = [v for v in values if v is not None and (support is None or v in support)]
+    if not counted:
+        return False
+    p = sum(v == value for v in counted) / len(counted)
+    edges = [e for e in (rate - band, rate + band) if 0 < e < 1]
+    return all(abs(p - e) > 2 * math.sqrt(e * (1 - e) / len(counted)) for e in edges)
 
 
 def world_unconditional_mix() -> dict:
