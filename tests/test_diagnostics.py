@@ -26,6 +26,9 @@ class CaptionBlind:
     def eps(self, z, logsnr, cond):
         return self.oracle.eps(z, logsnr, cond)
 
+    def pred_x0(self, z, logsnr, eps):
+        return self.oracle.pred_x0(z, logsnr, eps)
+
 
 def test_shrinkage_is_one_for_the_exact_denoiser_and_zero_for_a_caption_blind_one(oracle):
     """At high noise (log-SNR -8) the picture barely shows through: exact 1, caption-blind 0. At -3 the exact denoiser

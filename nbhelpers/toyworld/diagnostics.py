@@ -8,18 +8,13 @@
   another after it, so that a rate's loss can be placed on the noise axis (e.g. the exact denoiser to −3, the model
   after: the model's share of the loss below −3).
 
-Both work in VP terms through the ``eps(z, logsnr, cond)`` / ``condition(prompt)`` interface every ``DiffusionModel``
-and the oracle share; ``z = sqrt(σ(α))·x + sqrt(σ(−α))·ε`` at log-SNR α.
+Both work in VP terms through the ``eps(z, logsnr, cond)`` / ``condition(prompt)`` / ``pred_x0(z, logsnr, eps)``
+interface every ``DiffusionModel`` and the oracle share; ``z = sqrt(σ(α))·x + sqrt(σ(−α))·ε`` at log-SNR α.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-
-def _pred_x0(z: torch.Tensor, logsnr: float, eps: torch.Tensor) -> torch.Tensor:
-    a = torch.tensor(float(logsnr))
-    return (z - torch.sigmoid(-a).sqrt() * eps) / torch.sigmoid(a).sqrt()
 
 
 def conditional_mean_shrinkage(denoiser, oracle, prompt: str, logsnr: float, n: int = 64, seed: int = 0) -> float:
@@ -40,7 +35,7 @@ def conditional_mean_shrinkage(denoiser, oracle, prompt: str, logsnr: float, n: 
     z = z.view(n, *oracle.latent_shape)
     with torch.no_grad():
         eps = denoiser.eps(z, float(logsnr), denoiser.condition(prompt))
-    x0 = _pred_x0(z, logsnr, eps.float()).reshape(n, -1).double().mean(0)
+    x0 = denoiser.pred_x0(z, logsnr, eps.float()).reshape(n, -1).double().mean(0)
     d = mean - uncond
     return float((x0 - uncond) @ d / (d @ d))
 
@@ -66,5 +61,5 @@ def switched_sampling(first, second, prompt: str, switch_logsnr: float, decode, 
         z = x / float(np.sqrt((1 - s) ** 2 + s**2))
         with torch.no_grad():
             eps = who.eps(z, logsnr, conds[id(who)]).float()
-        x = x + (sigmas[i + 1] - sigmas[i]) * (eps - _pred_x0(z, logsnr, eps))
+        x = x + (sigmas[i + 1] - sigmas[i]) * (eps - who.pred_x0(z, logsnr, eps))
     return decode(x)
