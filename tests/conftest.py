@@ -34,8 +34,8 @@ if _WORKERS > 1:
 torch.set_num_threads(max(1, min(int(os.environ.get("OMP_NUM_THREADS", "2")), 2, (os.cpu_count() or 1) // _WORKERS)))
 
 # Under the README's test command (`--dist loadfile`) a module runs on one worker, so its fixtures are made once. The
-# modules whose fixtures generate hundreds of images and the notebook runs (measured 2026-12-05 on two threads: 330,
-# 270, 210, 140 and 460 s) go first, so that the two workers finish together.
+# modules whose fixtures generate hundreds of images and the notebook runs (measured 2026-12-05 in one process on two
+# threads: 330, 270, 460, 210 and 140 s) go first, so that the two workers finish together.
 HEAVY_FIRST = ("test_toy_model", "test_toy_dit", "test_notebooks", "test_bias", "test_info_model")
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from nbhelpers.model import TOY_MODEL_DIR
 from nbhelpers.toyworld.evaluate import evaluate_quality, planted_rates, rate_lines
+from nbhelpers.validate import ArgumentError
 
 # What the shipped model measures (deterministic seeds), less a few points: a regression guard.
 REGRESSION = {"colour": 0.97, "shape": 0.95, "size": 0.97, "position": 0.97}
@@ -81,8 +82,8 @@ def test_planted_phenomena_show_at_their_rates(rates):
 
 def test_the_two_stage_design_stops_only_on_a_decided_rate():
     """A check stops after its first images only when the rate is more than two standard errors from each edge of
-    planted ± 10 points (inside or outside the band); the ±10-point answer of the test is then the same as on 200
-    images with probability ≥ 97.5 %."""
+    planted ± 10 points (inside or outside the band). The answer on 200 images could differ only if the second hundred
+    fell more than two standard errors beyond the edge: under 2.5 % (normal approximation) even for a true rate on it."""
     from nbhelpers.toyworld.evaluate import _decided
 
     def reads(k, m=100):
@@ -95,6 +96,8 @@ def test_the_two_stage_design_stops_only_on_a_decided_rate():
     assert not _decided(reads(71), "red", None, 0.85, 0.10) and not _decided(reads(52), "red", None, 0.5, 0.10)
     assert _decided(reads(98) + [None] * 5 + ["green"] * 50, "red", ("red", "blue"), 1.0, 0.10)  # off-support aside
     assert not _decided([None] * 10, "red", None, 1.0, 0.10)
+    with pytest.raises(ArgumentError, match="first"):
+        planted_rates.uncached(None, n=200, first=0)
 
 
 def test_an_undecided_check_gets_the_one_stage_answer(tiny_model):

@@ -17,6 +17,7 @@ from . import world
 from ..metrics import wilson_interval
 from .checker import check_scene, read_image
 from ..cache import cached
+from ..validate import ArgumentError
 
 ATTRIBUTES = ("colour", "shape", "size", "position")
 
@@ -120,6 +121,8 @@ def planted_rates(model, n: int = 200, seed: int = 777, steps: int = 25, guidanc
     stops there when they decide it, the rate more than two standard errors (binomial, at each edge of the band)
     inside or outside planted ± ``band``; otherwise it draws the rest, up to ``n``, on the seeds a one-stage run
     uses, so an undecided check gets the one-stage answer. ``stopped_early`` says which happened."""
+    if first is not None and not (isinstance(first, int) and 0 < first <= n):
+        raise ArgumentError(f"first={first!r}: give the first stage's images per check, 1 to n={n} (or None: one stage)")
     rows = []
     for j, (prompt, attr, value, rate, support) in enumerate(tqdm(PLANTED_CHECKS, desc="planted rates", leave=False)):
         seeds = list(range(seed + 1000 * j, seed + 1000 * j + n))
