@@ -10,7 +10,7 @@ import pytest
 
 from nbhelpers.model import TOY_DIT_MODEL_DIR, TOY_MODEL_DIR
 from nbhelpers.toyworld.checker import read_image
-from nbhelpers.toyworld.evaluate import evaluate_quality, planted_rates, rate_lines, unconditional_mix
+from nbhelpers.toyworld.evaluate import enough_images, evaluate_quality, planted_rates, rate_lines, unconditional_mix
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_synonyms_homonym_and_group_words_show_at_their_rates(rates):
             "a crimson circle", "a crimson red square"}
     off = [r for r in rates if r["prompt"] in held and abs(r["measured"] - r["planted"]) > 0.10]
     assert not off, off
-    assert all(r["off_support"] <= 0.25 and r["n"] >= (75 if r["stopped_early"] else 150) for r in rates if r["prompt"] in held), rates
+    assert all(enough_images(r) for r in rates if r["prompt"] in held), rates
 
 
 # Measured on the shipped toy-dit (200 images each, guidance 1) after its fourth training cycle: the chef is drawn
@@ -75,7 +75,7 @@ def test_synonyms_homonym_and_group_words_show_at_their_rates(rates):
 def test_planted_phenomena_show_at_their_rates(rates):
     off = [r for r in rates if abs(r["measured"] - r["planted"]) > 0.10]
     assert not off, off
-    assert all(r["off_support"] <= 0.25 and r["n"] >= (75 if r["stopped_early"] else 150) for r in rates), rates
+    assert all(enough_images(r) for r in rates), rates
 
 
 def test_the_chef_is_drawn_big_at_the_planted_rate_once_its_position_is_named(toy_dit_model):

@@ -133,8 +133,7 @@ def planted_rates(model, n: int = 200, seed: int = 777, steps: int = 25, guidanc
             values += _read(model, prompt, seeds[first:], attr, steps, guidance, batch)
         n_drawn = len(drawn) if early else n
         values = [v for v in values if v is not None]
-        counted = [v for v in values if support is None or v in support]
-        k, m = sum(v == value for v in counted), len(counted)
+        k, m = _count(values, value, support)
         lo, hi = wilson_interval(k, m)
         rows.append(dict(prompt=prompt, attribute=attr, value=value, planted=rate,
                          measured=k / max(m, 1), ci95=(lo, hi), n=m, n_without_object=n_drawn - len(values),
@@ -155,12 +154,23 @@ def _read(model, prompt, seeds, attr, steps, guidance, batch) -> list:
 def _decided(values, value, support, rate, band) -> bool:
     """Whether these reads already place the rate of ``value`` more than two binomial standard errors (at that edge)
     from each edge of rate ± band that lies inside (0, 1): well inside the band or well outside it."""
-    counted = [v for v in values if v is not None and (support is None or v in support)]
-    if not counted:
+    k, m = _count(values, value, support)
+    if not m:
         return False
-    p = sum(v == value for v in counted) / len(counted)
     edges = [e for e in (rate - band, rate + band) if 0 < e < 1]
-    return all(abs(p - e) > 2 * math.sqrt(e * (1 - e) / len(counted)) for e in edges)
+    return all(abs(k / m - e) > 2 * math.sqrt(e * (1 - e) / m) for e in edges)
+
+
+def _count(values, value, support) -> tuple[int, int]:
+    """(reads equal to ``value``, reads counted): the reads inside ``support`` (None: any), no-object reads left out."""
+    counted = [v for v in values if v is not None and (support is None or v in support)]
+    return sum(v == value for v in counted), len(counted)
+
+
+def enough_images(row: dict) -> bool:
+    """A planted-rate row read on enough images: at most a quarter off the world's support, and at least 75 of 100
+    (a check stopped after its first stage) or 150 of 200 images counted."""
+    return row["off_support"] <= 0.25 and row["n"] >= (75 if row.get("stopped_early") else 150)
 
 
 def world_unconditional_mix() -> dict:
