@@ -45,7 +45,11 @@ train-toy: setup
 train-toy-dit: setup
 	$(BIN)/python -m nbhelpers.toyworld.train --arch dit --out data/models/toy-dit --minutes 1000 --max-steps 9000 \
 	  --extend-steps 5000 --extend-kind-weights pair=1.5,subject=3 --extend-steps 3000 --extend-kind-weights subject=6 \
-	  --extend-steps 1500 --extend-kind-weights subject=3
+	  --extend-steps 1500 --extend-kind-weights subject=3 \
+	  --extend-steps 1500 --extend-kind-weights subject=9 --extend-steps 1500 --extend-kind-weights subject=5 \
+	  $(foreach k,1 2 3,--extend-open-layout none --extend-open-size none --extend-extra-logsnr none \
+	    --extend-exact-targets none) \
+	  --extend-open-layout 1 --extend-open-size 1 --extend-extra-logsnr=-6,-2 --extend-exact-targets -4
 	$(BIN)/python -m nbhelpers.toyworld.evaluate --model toy-dit
 
 clean:

@@ -41,11 +41,14 @@ def test_shrinkage_is_one_for_the_exact_denoiser_and_zero_for_a_caption_blind_on
 
 
 def test_both_world_models_shrink_captions_that_leave_the_position_open(oracle, toy_model, toy_dit_model):
-    """Measured 2026-12-03 at log-SNR -6 (512 draws): "a chef" toy 0.66, toy-dit 0.63; "a chef on the left" 0.95, 0.95."""
-    for model in (toy_model, toy_dit_model):
+    """At log-SNR -6 both world models predict "a chef" part of the way back to the unconditional mean and "a chef on
+    the left" almost where the world puts it. Measured 2026-12-03 (512 draws): toy 0.66 / 0.95, toy-dit 0.63 / 0.95.
+    toy-dit's fifth and sixth training cycles spent their extra draws on captions that leave the layout open at these
+    noise levels: 0.82 / 0.98 after them (2026-12-05, these 256 draws), still shrunk, a third as far."""
+    for model, below in ((toy_model, 0.8), (toy_dit_model, 0.9)):
         open_ = conditional_mean_shrinkage(model, oracle, "a chef", -6.0, n=256)
         named = conditional_mean_shrinkage(model, oracle, "a chef on the left", -6.0, n=256)
-        assert open_ < 0.8 and named > 0.85 and named - open_ > 0.2, (model.name, open_, named)
+        assert open_ < below and named > 0.85 and named - open_ > 0.1, (model.name, open_, named)
 
 
 def test_switched_sampling_calls_each_denoiser_on_its_side_of_the_switch(oracle):

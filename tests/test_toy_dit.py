@@ -56,33 +56,25 @@ def test_held_out_quality_meets_the_issue_bar(quality):
     assert quality.pair_fully_correct >= 0.75, quality.pair_fully_correct
 
 
-def test_synonyms_homonym_and_group_words_show_at_their_rates(rates):
-    """What toy-dit does learn of the planted phenomena, within ±10 points: the synonym (crimson), the group
-    word (cool), the homonym (bat, and its position-disambiguated forms), the nurse's and the pilot's
-    colour biases and the unbiased subject (doctor)."""
-    held = {"a nurse", "a pilot", "a doctor", "a cool nurse", "a bat", "a bat at the top", "a bat at the bottom",
-            "a crimson circle", "a crimson red square"}
-    off = [r for r in rates if r["prompt"] in held and abs(r["measured"] - r["planted"]) > 0.10]
-    assert not off, off
-    assert all(enough_images(r) for r in rates if r["prompt"] in held), rates
-
-
-# Measured on the shipped toy-dit (200 images each, guidance 1) after its fourth training cycle: the chef is drawn
-# big 71 % where 85 % is planted (the model card's finding: the conditional mean shrunk toward the unconditional one
-# at high noise while the position is open); every other planted rate is within ±10 points. The bar is kept as a
-# strict expected failure: it fails the day a retrained model meets it (then drop the mark).
-@pytest.mark.xfail(strict=True, reason="toy-dit under-learns the chef's size bias at guidance 1 (71 % big; 85 % planted)")
 def test_planted_phenomena_show_at_their_rates(rates):
+    """Every planted rate within ±10 points, the chef's size bias included. Measured on the shipped toy-dit (guidance
+    1, 100 or 200 images): chef big 83.5 % (planted 85 %). Until its fifth and sixth training cycles toy-dit drew the
+    bare "a chef" big 71 %: the caption that leaves both size and position open is rare in the world's captions (about
+    6 % of a chef's), and its size is decided around log-SNR −5 to −3 (the model card's finding). Those two cycles spend
+    their extra draws on such captions at log-SNR −6 to −2 (``--extend-open-size``, ``--extend-extra-logsnr``); the
+    pictures of every caption, hence the optimum, stay the world's."""
     off = [r for r in rates if abs(r["measured"] - r["planted"]) > 0.10]
     assert not off, off
     assert all(enough_images(r) for r in rates), rates
 
 
 def test_the_chef_is_drawn_big_at_the_planted_rate_once_its_position_is_named(toy_dit_model):
-    """Where the chef's size bias is lost. Named with a position ("a chef in the middle") the chef is drawn big at the
-    world's rate (85 %; measured 85 %, n = 400); the bare "a chef" is drawn big 67 %. At high noise both world models
-    predict a caption that leaves the position open a fifth to two fifths of the way back to the unconditional mean, and
-    one that names it within 5 % (the model card's finding; ``tests/test_diagnostics.py``): the open layout is where the size prior is lost."""
+    """Named with a position ("a chef in the middle") the chef is drawn big at the world's rate too (85 %; measured
+    90 % on these 200 seeds; 84.5 % before the fifth cycle, when the bare "a chef" was drawn big 71 %). At high noise
+    both world models predict a caption that leaves the position open part of the way back to the unconditional mean,
+    and one that names it within 5 % (the model card's finding; ``tests/test_diagnostics.py``): the open layout is
+    where the size prior was lost, so this check guards the positioned caption while the last two cycles train the
+    open one."""
     from nbhelpers.metrics import wilson_interval
     from nbhelpers.toyworld.evaluate import _generate
 
@@ -97,7 +89,7 @@ def test_the_unconditional_denoiser_draws_the_worlds_mix_of_kinds(toy_dit_model)
     """The empty caption's pictures are the world's (the unconditional denoiser every mutual information and every
     guided sample subtracts): two-object pictures, and red or blue among one-object pictures, within 10 points of the
     world's shares (the exact denoiser, same sampler and checker: pairs 33 % for the world's 35 %). Measured: pairs
-    29 %, red or blue 53 % (51 %). Before the fourth training cycle, whose kind re-weighting keeps every caption's
+    28.75 %, red or blue 51 % (51 %). Before the fourth training cycle, whose kind re-weighting keeps every caption's
     pictures (``reweighting``), toy-dit drew pairs 19.5 % of the time and red or blue 60 % of lone objects."""
     mix = unconditional_mix(toy_dit_model, n=400)
     print(mix)

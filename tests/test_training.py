@@ -33,7 +33,8 @@ def test_training_resumes_and_extends(tmp_path, arch):
     log = _run(out, *args, "--max-steps", "3", "--extend-steps", "2", "--extend-kind-weights", "subject=3")
     assert log["denoiser_steps"] == 5 and log["extension"]["cycles"] == [
         {"steps": 2, "kind_weights": {"subject": 3.0}, "reweighting": "extra draws keeping their nouns",
-         "high_noise_share": 0.0, "exact_targets_below": None, "open_layout": None}]
+         "high_noise_share": 0.0, "exact_targets_below": None, "open_layout": None, "open_size": None,
+         "extra_logsnr_band": None}]
     assert json.loads((tmp_path / f"{arch}.ckpt" / f"{name}.json").read_text())["first_total"] == 3
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe).__name__ == ("StableDiffusion3Pipeline" if arch == "dit" else "StableDiffusionPipeline")
@@ -271,28 +272,31 @@ def test_a_cycle_on_exact_targets_and_open_layouts_runs_is_logged_and_checked(tm
     shutil.rmtree(tmp_path / "first.ckpt")
     more = ["--arch", "dit", "--vae-from", str(TOY_MODEL_DIR), "--max-steps", "2", "--extend-kind-weights", "subject=3",
             "--extend-steps", "2", "--extend-steps", "1", "--from-pipeline", str(first)]
-    with pytest.raises(SystemExit, match="exact targets below log-SNR 99.0"):
+    with pytest.raises(SystemExit, match="had exact_targets_below = 99.0; the plan gives None .*--extend-exact-targets"):
         _run(tmp_path / "again", *more, "--extend-open-layout", "1")
-    with pytest.raises(SystemExit, match="dropped extra draws' positions at rate 1.0"):
+    with pytest.raises(SystemExit, match="had open_layout = 1.0; the plan gives None .*--extend-open-layout"):
         _run(tmp_path / "again", *more, "--extend-exact-targets", "99")
+
+
+class Recorder:
+    """Stands in for the exact oracle in the flow loss: records the log-SNRs of the rows that asked for an exact target."""
+
+    def __init__(self):
+        self.calls = []
+
+    def eps(self, z, logsnr, cond):
+        self.calls.append(logsnr)
+        return torch.zeros_like(z)
+
+    def condition(self, captions):
+        return captions
+
+    def pred_x0(self, z, logsnr, eps):
+        return z
 
 
 def test_the_flow_loss_uses_exact_targets_only_below_the_log_snr():
     from nbhelpers.toyworld import train_dit
-
-    class Recorder:  # stands in for the oracle: records the log-SNRs of the rows that asked for an exact target
-        def __init__(self):
-            self.calls = []
-
-        def eps(self, z, logsnr, cond):
-            self.calls.append(logsnr)
-            return torch.zeros_like(z)
-
-        def condition(self, captions):
-            return captions
-
-        def pred_x0(self, z, logsnr, eps):
-            return z
 
     pipe = train_dit.build_pipeline(train_dit.load_world_vae(TOY_MODEL_DIR), seed=0)
     scenes = world.sample_scenes(8, seed=0, split="train")
@@ -311,3 +315,69 @@ def test_the_flow_loss_uses_exact_targets_only_below_the_log_snr():
         rec = Recorder()
         loss(0.0, rec)
         assert 0 < len(rec.calls[0]) < 8 and bool((rec.calls[0] < 0).all())  # just the rows below log-SNR 0
+
+
+def test_open_size_and_an_extra_noise_band_leave_the_pictures_and_are_logged(tmp_path):
+    """``--extend-open-size``: a lone extra draw drops its size word that often (with ``--extend-open-layout 1`` as
+    well the caption is bare: "a chef"), never depending on the picture, so a bare caption's pictures keep the world's
+    sizes. ``--extend-extra-logsnr``: the extra draws' noise levels lie in that log-SNR band; the others' do not move.
+    Both are per cycle, logged, checked when a run continues and refused where they do not apply."""
+    from nbhelpers.families.noise import FlowMatching
+    from nbhelpers.toyworld import train_dit
+    from nbhelpers.toyworld.training_loop import Cycles
+
+    scenes = world.sample_scenes(3000, seed=1, split="train")
+    idx, extra = KindSampler(scenes, {"subject": 6.0}).draw(np.random.default_rng(4), 40000)
+    caps = training_captions(scenes, idx, extra, np.random.default_rng(5), p_open=1.0, p_size=1.0)
+    bare = {f"a {noun}" for noun in world.P_BIG} | {f"a {g} {noun}" for g in ("warm", "cool") for noun in world.P_BIG}
+    lone_extra = [(i, c) for i, c, e in zip(idx, caps, extra) if e]
+    assert all(c in bare for _, c in lone_extra)  # subjects: noun, maybe the group word, nothing of the layout
+    chefs = [scenes[i].objects[0].size == "big" for i, c in lone_extra if c.endswith("chef")]
+    world_chefs = [s.objects[0].size == "big" for s in scenes if s.kind == "subject" and s.objects[0].noun == "chef"]
+    assert len(chefs) > 1000 and np.mean(chefs) == pytest.approx(np.mean(world_chefs), abs=0.03)
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)  # p_size=None: as before the option existed
+    assert training_captions(scenes, idx[:500], extra[:500], rng_a) == training_captions(scenes, idx[:500], extra[:500],
+                                                                                          rng_b, p_size=None)
+
+    sig = train_dit.band_sigmas(10000, torch.Generator().manual_seed(0), (-6.0, -2.0))
+    logsnr = FlowMatching.logsnr_of_t(sig)
+    assert float(logsnr.min()) >= -6.0 - 1e-6 and float(logsnr.max()) <= -2.0 + 1e-6
+    assert float(logsnr.min()) < -5.8 and float(logsnr.max()) > -2.2
+
+    pipe = train_dit.build_pipeline(train_dit.load_world_vae(TOY_MODEL_DIR), seed=0)
+    few = world.sample_scenes(8, seed=0, split="train")
+    latents = torch.randn(8, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    more = np.array([True] * 4 + [False] * 4)
+
+    def logsnrs(band):  # every row asks for an exact target (exact_below=99)
+        rec = Recorder()
+        with torch.no_grad():
+            train_dit.flow_loss(pipe, latents, few, np.arange(8), np.random.default_rng(0),
+                                torch.Generator().manual_seed(0), extra=more, oracle=rec, exact_below=99.0,
+                                extra_band=band)
+        return rec.calls[0]
+    plain, banded = logsnrs(None), logsnrs((-6.0, -2.0))
+    assert bool(((banded[:4] >= -6.0 - 1e-6) & (banded[:4] <= -2.0 + 1e-6)).all())
+    assert not bool(((plain[:4] >= -6.0) & (plain[:4] <= -2.0)).all())  # the band, not chance, put them there
+    assert torch.equal(banded[4:], plain[4:])  # the world's own draws keep their noise levels
+
+    with pytest.raises(ValueError, match="low < high"):
+        Cycles(minutes=1, extend_steps=(5,), extend_extra_band=((-2.0, -6.0),))
+    with pytest.raises(SystemExit, match="--extend-extra-logsnr: '-2' is not a log-SNR band"):
+        _run(tmp_path / "x", "--arch", "dit", "--extend-steps", "2", "--extend-extra-logsnr=-2")
+    with pytest.raises(SystemExit, match="--extend-open-size: '2' is not a probability"):
+        _run(tmp_path / "x", "--arch", "dit", "--extend-steps", "2", "--extend-open-size", "2")
+    with pytest.raises(SystemExit, match="--extend-extra-logsnr is implemented for --arch dit only"):
+        _run(tmp_path / "x", "--arch", "unet", "--extend-steps", "2", "--extend-extra-logsnr=-6,-2")
+    args = ["--arch", "dit", "--vae-from", str(TOY_MODEL_DIR), "--max-steps", "2", "--extend-steps", "2",
+            "--extend-kind-weights", "subject=3", "--extend-open-layout", "1", "--extend-open-size", "1",
+            "--extend-extra-logsnr=-6,-2"]
+    log = _run(tmp_path / "first", *args)
+    cycle = log["extension"]["cycles"][0]
+    assert (cycle["open_size"], cycle["extra_logsnr_band"]) == (1.0, [-6.0, -2.0])
+    shutil.rmtree(tmp_path / "first.ckpt")
+    more_args = [*args, "--extend-steps", "1", "--from-pipeline", str(tmp_path / "first")]
+    with pytest.raises(SystemExit, match=r"had extra_logsnr_band = \[-6.0, -2.0\]; the plan gives \[-5.0, -2.0\]"):
+        _run(tmp_path / "again", *[a.replace("-6,-2", "-5,-2") for a in more_args])
+    log = _run(tmp_path / "again", *more_args)  # the logged cycle repeated, one more added
+    assert log["denoiser_steps"] == 5 and len(log["extension"]["cycles"]) == 2

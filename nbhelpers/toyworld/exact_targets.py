@@ -23,7 +23,8 @@ Rectified flow (``train_dit``): x_σ = (1 − σ)·x0 + σ·ε is the VP latent 
 α = 2·log((1 − σ)/σ), and the velocity target ε − x0 = (x_σ − x0)/σ becomes (x_σ − E[x0 | z, c])/σ.
 
 Measured (2026-12-05, toy-dit's model card): toy-dit cycles continued on these targets below log-SNR −4 or −3.5 did not
-bring the chef's size rate closer to the world's.
+bring the chef's size rate closer to the world's by themselves; what did was spending the extra draws on captions that
+leave the layout open ("a chef") at log-SNR −6 to −2 (toy-dit's cycles 5 and 6, with these targets below −4).
 """
 from __future__ import annotations
 

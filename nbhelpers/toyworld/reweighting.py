@@ -59,17 +59,18 @@ class KindSampler:
 
 
 def training_captions(scenes, idx, extra, rng: np.random.Generator, p_empty: float = 0.1,
-                      p_open: float | None = None) -> list[str]:
+                      p_open: float | None = None, p_size: float | None = None) -> list[str]:
     """The captions of scenes ``idx`` for one training step: the world's caption process (a share ``p_empty``
     empty, the rest with ``world.random_drop``'s word dropout) for the world's own draws; for ``extra`` draws never
     empty and the nouns always kept, so that the caption names its kind (see the module's note). ``p_open``: the
-    probability that an extra draw drops its position phrase (None: the world's rate). Which groups are dropped never
+    probability that an extra draw drops its position phrase, ``p_size`` that a lone extra draw drops its size word
+    (None: the world's rate); both at 1 leave the layout wholly open ("a chef"). Which groups are dropped never
     depends on the picture, so this too leaves every caption's pictures as they are."""
     extra = np.zeros(len(idx), bool) if extra is None else np.asarray(extra, bool)
     out = []
     for i, more in zip(idx, extra):
         if more:
-            out.append(scenes[i].caption(world.random_drop(rng, scenes[i], p_noun=0.0, p_position=p_open)))
+            out.append(scenes[i].caption(world.random_drop(rng, scenes[i], p_noun=0.0, p_position=p_open, p_size=p_size)))
         else:
             out.append("" if p_empty and rng.random() < p_empty else scenes[i].caption(world.random_drop(rng, scenes[i])))
     return out

@@ -226,9 +226,11 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, plan, batch: 
     weight = loss_weights(sched)
 
     def loss_fn(idx, extra, rng, gen, settings):
-        if settings.exact_below is not None or settings.open_layout is not None:  # refused on the command line too
-            raise ValueError("exact targets and open layouts (--extend-exact-targets, --extend-open-layout) are "
-                             "implemented for --arch dit only")
+        if (settings.exact_below, settings.open_layout, settings.open_size, settings.extra_band) != (None,) * 4:
+            # refused on the command line too
+            raise ValueError("exact targets, open layouts and extra-draw noise bands (--extend-exact-targets, "
+                             "--extend-open-layout, --extend-open-size, --extend-extra-logsnr) are implemented for "
+                             "--arch dit only")
         return denoising_loss(unet, text, tokenizer, sched, weight, latents, scenes, idx, rng, gen, p_empty=0.1,
                               extra=extra, high_noise=settings.high_noise)
 
@@ -273,14 +275,18 @@ def cycles_from_args(a):
         raise SystemExit(f"--extend-high-noise: {bad[0]} is not a share of a batch; give a number in [0, 1], e.g. 0.3")
     exact = tuple(_parse_exact(x) for x in (a.extend_exact_targets or ()))
     open_layout = tuple(_parse_open(x) for x in (a.extend_open_layout or ()))
-    for flag, values in (("--extend-exact-targets", exact), ("--extend-open-layout", open_layout)):
+    open_size = tuple(_parse_open(x, "--extend-open-size", "size word") for x in (a.extend_open_size or ()))
+    band = tuple(_parse_band(x) for x in (a.extend_extra_logsnr or ()))
+    for flag, values in (("--extend-exact-targets", exact), ("--extend-open-layout", open_layout),
+                         ("--extend-open-size", open_size), ("--extend-extra-logsnr", band)):
         if any(x is not None for x in values) and a.arch != "dit":
             raise SystemExit(f"{flag} is implemented for --arch dit only (the UNet world is fine-tuned by "
                              "python -m nbhelpers.toyworld.calibrate)")
     return Cycles(minutes=a.minutes, max_steps=a.max_steps, peak_lr=a.lr, extend_steps=tuple(a.extend_steps or ()),
                   extend_lr=a.extend_lr,
                   extend_kind_weights=tuple(_parse_weights(w) for w in (a.extend_kind_weights or ["pair=2,subject=2"])),
-                  extend_high_noise=tuple(a.extend_high_noise or ()), extend_exact_targets=exact, extend_open_layout=open_layout)
+                  extend_high_noise=tuple(a.extend_high_noise or ()), extend_exact_targets=exact, extend_open_layout=open_layout,
+                  extend_open_size=open_size, extend_extra_band=band)
 
 
 def _parse_optional(flag: str, text: str, valid, hint: str) -> float | None:
@@ -296,10 +302,24 @@ def _parse_optional(flag: str, text: str, valid, hint: str) -> float | None:
     return value
 
 
-def _parse_open(text: str) -> float | None:
-    return _parse_optional("--extend-open-layout", text, lambda v: 0.0 <= v <= 1.0,
-                           "a probability; give a number in [0, 1] such as 0.75 (extra draws' captions drop their "
-                           "position phrase that often; the world's rate is 0.25)")
+def _parse_open(text: str, flag: str = "--extend-open-layout", words: str = "position phrase") -> float | None:
+    return _parse_optional(flag, text, lambda v: 0.0 <= v <= 1.0,
+                           f"a probability; give a number in [0, 1] such as 0.75 (extra draws' captions drop their "
+                           f"{words} that often; the world's rate is 0.25)")
+
+
+def _parse_band(text: str) -> tuple | None:
+    """'LOW,HIGH' (two log-SNRs, LOW < HIGH) or 'none'."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        lo = hi = float("nan")
+    if not (np.isfinite([lo, hi]).all() and lo < hi):
+        raise SystemExit(f"--extend-extra-logsnr: {text!r} is not a log-SNR band; give LOW,HIGH with LOW < HIGH, "
+                         "such as -6,-2, or 'none' for a cycle without")
+    return (lo, hi)
 
 
 def _parse_exact(text: str) -> float | None:
@@ -340,6 +360,15 @@ def main(argv=None):
                          "(the world drops it with 0.25; 'none': that; repeat once per --extend-steps, the last serves the "
                          "cycles after it): more captions that leave the layout open, whose pictures stay the world's "
                          "(nbhelpers.toyworld.reweighting)")
+    ap.add_argument("--extend-open-size", action="append", metavar="P",
+                    help="dit: in a later cycle a lone extra draw's caption drops its size word with probability P "
+                         "(with --extend-open-layout 1 and this at 1 the extra captions leave the layout open: 'a chef'; "
+                         "'none': the world's 0.25; repeat once per --extend-steps, the last serves the cycles after it)")
+    ap.add_argument("--extend-extra-logsnr", action="append", metavar="LOW,HIGH",
+                    help="dit: in a later cycle the extra draws' noise levels are drawn uniformly in σ between these "
+                         "log-SNRs (e.g. -6,-2, where an open layout's size and position are decided; 'none': as every "
+                         "other row; repeat once per --extend-steps, the last serves the cycles after it; write it with '=', "
+                         "--extend-extra-logsnr=-6,-2, as the value starts with a minus)")
     ap.add_argument("--from-pipeline", default=None,
                     help="dit: continue the finished run saved in this folder (its weights and training_log.json) when "
                          "no checkpoint is left in <out>.ckpt (checkpoints are not kept in the repository); give the "

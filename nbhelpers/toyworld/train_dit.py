@@ -91,23 +91,35 @@ def draw_sigmas(b: int, gen: torch.Generator, high_noise: float = 0.0) -> torch.
     return sigma.clamp(1e-4, 1 - 1e-4)
 
 
+def band_sigmas(b: int, gen: torch.Generator, band: tuple) -> torch.Tensor:
+    """(b,) noise levels drawn uniformly in σ between the log-SNRs ``band`` = (low, high); rectified flow's
+    log-SNR is 2·log((1 − σ)/σ), so σ runs from 1/(1 + e^(high/2)) to 1/(1 + e^(low/2))."""
+    lo, hi = (1 / (1 + np.exp(x / 2)) for x in (band[1], band[0]))
+    return (lo + (hi - lo) * torch.rand(b, generator=gen)).clamp(1e-4, 1 - 1e-4)
+
+
 def flow_loss(pipe, latents, scenes, idx, rng, gen, p_empty: float = 0.1, extra=None,
               high_noise: float = 0.0, oracle=None, exact_below: float | None = None,
-              open_layout: float | None = None) -> torch.Tensor:
+              open_layout: float | None = None, open_size: float | None = None,
+              extra_band: tuple | None = None) -> torch.Tensor:
     """Rectified-flow loss on scenes ``idx``: captions redrawn with the word dropout (a share ``p_empty``
     empty; ``extra`` rows, the up-weighted kinds' extra draws, keep their nouns: ``reweighting``; σ from
     :func:`draw_sigmas` with its ``high_noise`` share) and encoded by
     the pipeline's own ``encode_prompt`` (so training and sampling condition alike), x_σ = (1 − σ)·x0 + σ·ε,
     target velocity ε − x0, plain mean squared error. ``exact_below`` (with ``oracle``, the training split's
     ``WorldDenoiser``): rows at log-SNR below it take the exact E[ε − x0 | x_σ, caption] as their target
-    (``exact_targets``: the same optimum, without the sampled picture's noise). ``open_layout``: the extra draws'
-    position-drop probability (``reweighting.training_captions``)."""
-    captions = training_captions(scenes, idx, extra, rng, p_empty, p_open=open_layout)
+    (``exact_targets``: the same optimum, without the sampled picture's noise). ``open_layout``, ``open_size``: the
+    extra draws' position- and size-drop probabilities (``reweighting.training_captions``). ``extra_band``: (low, high)
+    log-SNR; the extra draws' σ are redrawn uniformly between the two (:func:`band_sigmas`). None of these moves the
+    per-σ optimum: they choose which captions and noise levels the steps are spent on."""
+    captions = training_captions(scenes, idx, extra, rng, p_empty, p_open=open_layout, p_size=open_size)
     embeds, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None, device="cpu",
                                               do_classifier_free_guidance=False, max_sequence_length=TEXT_LENGTH)
     x0 = latents[torch.from_numpy(np.asarray(idx))]
     noise = torch.randn(x0.shape, generator=gen)
     sigma = draw_sigmas(len(idx), gen, high_noise)
+    if extra_band is not None and extra is not None and np.any(extra):
+        sigma = torch.where(torch.from_numpy(np.asarray(extra, bool)), band_sigmas(len(idx), gen, extra_band), sigma)
     s = sigma.view(-1, 1, 1, 1)
     x_sigma = (1 - s) * x0 + s * noise
     pred = pipe.transformer(hidden_states=x_sigma, timestep=sigma * 1000,
@@ -167,7 +179,8 @@ def train(scenes, latents, vae, ckpt, plan, batch: int, seed: int, log: dict, fr
 
     def loss_fn(idx, extra, rng, gen, settings):
         return flow_loss(pipe, latents, scenes, idx, rng, gen, extra=extra, high_noise=settings.high_noise,
-                         oracle=oracle, exact_below=settings.exact_below, open_layout=settings.open_layout)
+                         oracle=oracle, exact_below=settings.exact_below, open_layout=settings.open_layout,
+                         open_size=settings.open_size, extra_band=settings.extra_band)
 
     train_cycles("dit", _trainable(pipe), loss_fn, scenes, ckpt, plan, batch, seed, log, desc="DiT+text")
     return pipe

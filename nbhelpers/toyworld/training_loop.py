@@ -29,12 +29,16 @@ class CycleSettings:
     """What a later cycle changes in the loss. ``high_noise``: the share of the batch whose noise level is drawn
     uniformly from the levels below ``HIGH_NOISE_LOGSNR``; ``exact_below``: the log-SNR below which the sampled
     picture's target is replaced by the world's exact posterior mean (``exact_targets``; None: never);
-    ``open_layout``: the probability that an extra draw's caption drops its position phrase (None: the world's
-    word dropout; ``reweighting.training_captions``). The defaults are the first cycle's plain loss."""
+    ``open_layout``: the probability that an extra draw's caption drops its position phrase, ``open_size`` that a lone
+    extra draw drops its size word (None: the world's word dropout; ``reweighting.training_captions``);
+    ``extra_band``: (low, high) log-SNR between which the extra draws' noise levels are drawn (uniformly in σ; None:
+    as every other row's). The defaults are the first cycle's plain loss."""
 
     high_noise: float = 0.0
     exact_below: float | None = None
     open_layout: float | None = None
+    open_size: float | None = None
+    extra_band: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,10 @@ class Cycles:
     cycles after it; none: 0) drawn at log-SNR below ``HIGH_NOISE_LOGSNR``: planned from the start, or added to a
     finished run (it resumes from the checkpoint). ``extend_exact_targets`` (matching entry, the last serves the
     cycles after it; none or None: off) gives the log-SNR below which a later cycle trains on the world's exact
-    posterior mean instead of the one sampled picture (``exact_targets``), and ``extend_open_layout`` (likewise; none:
-    the world's dropout) the probability that an extra draw's caption drops its position phrase. The first cycle's
-    length is kept in the checkpoint."""
+    posterior mean instead of the one sampled picture (``exact_targets``), ``extend_open_layout`` and
+    ``extend_open_size`` (likewise; none: the world's dropout) the probabilities that an extra draw's caption drops
+    its position phrase and its size word, and ``extend_extra_band`` (likewise; none: off) the (low, high) log-SNR
+    band of the extra draws' noise levels. The first cycle's length is kept in the checkpoint."""
 
     minutes: float
     max_steps: int | None = None
@@ -61,6 +66,8 @@ class Cycles:
     extend_high_noise: tuple = ()
     extend_exact_targets: tuple = ()
     extend_open_layout: tuple = ()
+    extend_open_size: tuple = ()
+    extend_extra_band: tuple = ()
 
     def __post_init__(self):
         bad = [h for h in self.extend_high_noise if not 0.0 <= h <= 1.0]
@@ -69,9 +76,13 @@ class Cycles:
         bad = [x for x in self.extend_exact_targets if x is not None and not np.isfinite(x)]
         if bad:
             raise ValueError(f"exact-target log-SNRs must be finite numbers (e.g. -4) or None, got {bad}")
-        bad = [x for x in self.extend_open_layout if x is not None and not 0.0 <= x <= 1.0]
+        bad = [x for x in self.extend_open_layout + self.extend_open_size if x is not None and not 0.0 <= x <= 1.0]
         if bad:
-            raise ValueError(f"open-layout rates are probabilities in [0, 1] (or None), got {bad}")
+            raise ValueError(f"open-layout and open-size rates are probabilities in [0, 1] (or None), got {bad}")
+        bad = [b for b in self.extend_extra_band if b is not None and not (len(b) == 2 and np.isfinite(b).all()
+                                                                             and b[0] < b[1])]
+        if bad:
+            raise ValueError(f"extra-draw noise bands are (low, high) log-SNRs with low < high (or None), got {bad}")
 
     def later_cycle(self, step_after_first: int) -> tuple[int, int]:
         """(index of the later cycle, its first step counted from the end of the first cycle)."""
@@ -101,11 +112,34 @@ class Cycles:
         v = self._of(self.extend_open_layout, k)
         return None if v is None else float(v)
 
+    def open_size_of(self, k: int) -> float | None:
+        v = self._of(self.extend_open_size, k)
+        return None if v is None else float(v)
+
+    def extra_band_of(self, k: int) -> tuple | None:
+        v = self._of(self.extend_extra_band, k)
+        return None if v is None else (float(v[0]), float(v[1]))
+
     def settings_of(self, k: int | None) -> CycleSettings:
         """The loss settings of later cycle ``k`` (None: the first cycle)."""
         if k is None:
             return CycleSettings()
-        return CycleSettings(self.high_noise_of(k), self.exact_below_of(k), self.open_layout_of(k))
+        return CycleSettings(self.high_noise_of(k), self.exact_below_of(k), self.open_layout_of(k),
+                             self.open_size_of(k), self.extra_band_of(k))
+
+    def cycle_record(self, k: int) -> dict:
+        """Later cycle ``k``'s loss settings as the run log records them (``training_log.json``)."""
+        band = self.extra_band_of(k)
+        return {"high_noise_share": self.high_noise_of(k), "exact_targets_below": self.exact_below_of(k),
+                "open_layout": self.open_layout_of(k), "open_size": self.open_size_of(k),
+                "extra_logsnr_band": None if band is None else list(band)}
+
+
+# What a logged cycle's record says, the default for a record written before the field existed, and the command-line
+# flag that repeats it: continuation_point checks each against the plan.
+_RECORDED = {"high_noise_share": (0.0, "--extend-high-noise"), "exact_targets_below": (None, "--extend-exact-targets"),
+             "open_layout": (None, "--extend-open-layout"), "open_size": (None, "--extend-open-size"),
+             "extra_logsnr_band": (None, "--extend-extra-logsnr")}
 
 
 def _training_state(nets: dict[str, torch.nn.Module], plan: Cycles):
@@ -120,8 +154,8 @@ def _training_state(nets: dict[str, torch.nn.Module], plan: Cycles):
 
 def continuation_point(plan: Cycles, log: dict) -> tuple[int, int]:
     """(steps done, length of the first cycle) of the finished run ``log`` describes, checked against ``plan``: its
-    later cycles so far must be the logged ones (lengths, kind weights, high-noise shares, exact-target log-SNRs,
-    open-layout rates), and at least one new cycle must follow. Raises ``ValueError``."""
+    later cycles so far must be the logged ones (lengths, kind weights and every loss setting of
+    ``Cycles.cycle_record``), and at least one new cycle must follow. Raises ``ValueError``."""
     done = int(log.get("denoiser_steps", 0))
     logged = [c["steps"] for c in log.get("extension", {}).get("cycles", [])]
     if not done:
@@ -130,18 +164,14 @@ def continuation_point(plan: Cycles, log: dict) -> tuple[int, int]:
         raise ValueError(f"the saved run had later cycles of {logged} steps; repeat them and add at least one new "
                          f"cycle (--extend-steps ...), got {list(plan.extend_steps)}")
     for k, c in enumerate(log["extension"]["cycles"] if logged else []):
-        if (c.get("kind_weights"), c.get("high_noise_share", 0.0)) != (plan.weights_of(k), plan.high_noise_of(k)):
-            raise ValueError(f"the saved run's cycle {k + 2} drew kind weights {c.get('kind_weights')} with high-noise "
-                             f"share {c.get('high_noise_share', 0.0)}; the plan gives {plan.weights_of(k)} and "
-                             f"{plan.high_noise_of(k)} (repeat the run's --extend-kind-weights and --extend-high-noise)")
-        if c.get("exact_targets_below") != plan.exact_below_of(k):
-            raise ValueError(f"the saved run's cycle {k + 2} trained on exact targets below log-SNR "
-                             f"{c.get('exact_targets_below')}; the plan gives {plan.exact_below_of(k)} (repeat the "
-                             "run's --extend-exact-targets, 'none' for a cycle without)")
-        if c.get("open_layout") != plan.open_layout_of(k):
-            raise ValueError(f"the saved run's cycle {k + 2} dropped extra draws' positions at rate "
-                             f"{c.get('open_layout')}; the plan gives {plan.open_layout_of(k)} (repeat the run's "
-                             "--extend-open-layout, 'none' for a cycle without)")
+        if c.get("kind_weights") != plan.weights_of(k):
+            raise ValueError(f"the saved run's cycle {k + 2} drew kind weights {c.get('kind_weights')}; the plan gives "
+                             f"{plan.weights_of(k)} (repeat the run's --extend-kind-weights)")
+        for field, want in plan.cycle_record(k).items():
+            default, flag = _RECORDED[field]
+            if c.get(field, default) != want:
+                raise ValueError(f"the saved run's cycle {k + 2} had {field} = {c.get(field, default)}; the plan gives "
+                                 f"{want} (repeat the run's {flag}, 'none' for a cycle without)")
     return done, done - sum(logged)
 
 
@@ -182,9 +212,7 @@ def train_cycles(name: str, nets: dict[str, torch.nn.Module], loss_fn, scenes, c
                                         # cycles logged before the extra-draw scheme keep their record
                                         "reweighting": (cycles[k].get("reweighting", "whole kinds, empty captions included")
                                                         if k < len(cycles) else "extra draws keeping their nouns"),
-                                        "high_noise_share": plan.high_noise_of(k),
-                                        "exact_targets_below": plan.exact_below_of(k),
-                                        "open_layout": plan.open_layout_of(k)}
+                                        **plan.cycle_record(k)}
                                        for k, n in enumerate(plan.extend_steps)], "peak_lr": plan.extend_lr}
     samplers = [KindSampler(scenes, plan.weights_of(k)) for k in range(len(plan.extend_steps))]
     world_rates = KindSampler(scenes)

@@ -298,14 +298,20 @@ def with_plain_red(scene: Scene) -> Scene:
 
 
 def random_drop(rng: np.random.Generator, scene: Scene, p_word: float = 0.25, p_noun: float = 0.1,
-                p_position: float | None = None) -> dict:
+                p_position: float | None = None, p_size: float | None = None) -> dict:
     """A random word-dropout pattern for training: each optional group is removed independently
     (nouns less often), so that prompts with words deleted are in the training distribution. ``p_position``: a lone
-    object's position phrase's own rate (None: ``p_word``)."""
+    object's position phrase's own rate; ``p_size``: a lone object's size word's own rate (None: ``p_word``)."""
+    lone = len(scene.objects) == 1
+
     def rate(g):
         if g.startswith("noun"):
             return p_noun
-        return p_word if p_position is None or g != "position0" else p_position
+        if g == "position0" and p_position is not None:
+            return p_position
+        if g == "size0" and lone and p_size is not None:
+            return p_size
+        return p_word
 
     return {g: bool(rng.random() < rate(g)) for g in scene.optional_groups()}
 
