@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +216,7 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, plan, batch: 
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .training_loop import train_cycles
+    from .training_loop import CycleSettings, train_cycles
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**UNET_CONFIG)
@@ -226,8 +227,8 @@ def train_denoiser(scenes, latents, tokenizer, ckpt: Checkpointer, plan, batch: 
     weight = loss_weights(sched)
 
     def loss_fn(idx, extra, rng, gen, settings):
-        if (settings.exact_below, settings.open_layout, settings.open_size, settings.extra_band) != (None,) * 4:
-            # refused on the command line too
+        if replace(settings, high_noise=0.0) != CycleSettings():  # any setting but the high-noise share (the
+            # command line refuses them too)
             raise ValueError("exact targets, open layouts and extra-draw noise bands (--extend-exact-targets, "
                              "--extend-open-layout, --extend-open-size, --extend-extra-logsnr) are implemented for "
                              "--arch dit only")

@@ -79,22 +79,25 @@ def draw_sigmas(b: int, gen: torch.Generator, high_noise: float = 0.0) -> torch.
     """Noise levels σ in (0, 1), (b,): half uniform, half sigmoid(N(0.5, 1)) (median σ ≈ 0.62); then a share
     ``high_noise`` of them redrawn uniformly above the σ of ``training_loop.HIGH_NOISE_LOGSNR`` (≈ 0.852). With
     ``high_noise=0`` the generator is consumed exactly as before the option existed."""
+    from ..families.noise import FlowMatching
     from .training_loop import HIGH_NOISE_LOGSNR
 
     uniform = torch.rand(b, generator=gen)
     logit_normal = torch.sigmoid(0.5 + torch.randn(b, generator=gen))
     sigma = torch.where(torch.rand(b, generator=gen) < 0.5, uniform, logit_normal)
     if high_noise:
-        lo = 1 / (1 + np.exp(HIGH_NOISE_LOGSNR / 2))
+        lo = float(FlowMatching.t_of(HIGH_NOISE_LOGSNR))
         high = lo + (1 - lo) * torch.rand(b, generator=gen)
         sigma = torch.where(torch.rand(b, generator=gen) < high_noise, high, sigma)
     return sigma.clamp(1e-4, 1 - 1e-4)
 
 
 def band_sigmas(b: int, gen: torch.Generator, band: tuple) -> torch.Tensor:
-    """(b,) noise levels drawn uniformly in σ between the log-SNRs ``band`` = (low, high); rectified flow's
-    log-SNR is 2·log((1 − σ)/σ), so σ runs from 1/(1 + e^(high/2)) to 1/(1 + e^(low/2))."""
-    lo, hi = (1 / (1 + np.exp(x / 2)) for x in (band[1], band[0]))
+    """(b,) noise levels drawn uniformly in σ between the log-SNRs ``band`` = (low, high): from the flow time of
+    ``high`` to that of ``low`` (``families.noise.FlowMatching.t_of``)."""
+    from ..families.noise import FlowMatching
+
+    lo, hi = (float(FlowMatching.t_of(x)) for x in (band[1], band[0]))
     return (lo + (hi - lo) * torch.rand(b, generator=gen)).clamp(1e-4, 1 - 1e-4)
 
 

@@ -128,18 +128,22 @@ class Cycles:
                              self.open_size_of(k), self.extra_band_of(k))
 
     def cycle_record(self, k: int) -> dict:
-        """Later cycle ``k``'s loss settings as the run log records them (``training_log.json``)."""
-        band = self.extra_band_of(k)
-        return {"high_noise_share": self.high_noise_of(k), "exact_targets_below": self.exact_below_of(k),
-                "open_layout": self.open_layout_of(k), "open_size": self.open_size_of(k),
-                "extra_logsnr_band": None if band is None else list(band)}
+        """Later cycle ``k``'s loss settings (``settings_of``) as the run log records them (``training_log.json``)."""
+        settings = self.settings_of(k)
+        return {key: _as_json(getattr(settings, field)) for field, (key, _, _) in _RECORDED.items()}
 
 
-# What a logged cycle's record says, the default for a record written before the field existed, and the command-line
-# flag that repeats it: continuation_point checks each against the plan.
-_RECORDED = {"high_noise_share": (0.0, "--extend-high-noise"), "exact_targets_below": (None, "--extend-exact-targets"),
-             "open_layout": (None, "--extend-open-layout"), "open_size": (None, "--extend-open-size"),
-             "extra_logsnr_band": (None, "--extend-extra-logsnr")}
+def _as_json(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+# Each CycleSettings field: its key in a logged cycle's record, the value a record written before the field existed
+# stands for, and the command-line flag that repeats it. continuation_point checks each against the plan.
+_RECORDED = {"high_noise": ("high_noise_share", 0.0, "--extend-high-noise"),
+             "exact_below": ("exact_targets_below", None, "--extend-exact-targets"),
+             "open_layout": ("open_layout", None, "--extend-open-layout"),
+             "open_size": ("open_size", None, "--extend-open-size"),
+             "extra_band": ("extra_logsnr_band", None, "--extend-extra-logsnr")}
 
 
 def _training_state(nets: dict[str, torch.nn.Module], plan: Cycles):
@@ -167,11 +171,11 @@ def continuation_point(plan: Cycles, log: dict) -> tuple[int, int]:
         if c.get("kind_weights") != plan.weights_of(k):
             raise ValueError(f"the saved run's cycle {k + 2} drew kind weights {c.get('kind_weights')}; the plan gives "
                              f"{plan.weights_of(k)} (repeat the run's --extend-kind-weights)")
-        for field, want in plan.cycle_record(k).items():
-            default, flag = _RECORDED[field]
-            if c.get(field, default) != want:
-                raise ValueError(f"the saved run's cycle {k + 2} had {field} = {c.get(field, default)}; the plan gives "
-                                 f"{want} (repeat the run's {flag}, 'none' for a cycle without)")
+        want = plan.cycle_record(k)
+        for key, default, flag in _RECORDED.values():
+            if c.get(key, default) != want[key]:
+                raise ValueError(f"the saved run's cycle {k + 2} had {key} = {c.get(key, default)}; the plan gives "
+                                 f"{want[key]} (repeat the run's {flag}, 'none' for a cycle without)")
     return done, done - sum(logged)
 
 
